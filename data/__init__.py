@@ -1,0 +1,1 @@
+"""Frame sources for the world model (see data/d4rl_frames.py)."""

@@ -1,0 +1,60 @@
+"""Speed and memory of the default pipeline: python tests/benchmark.py [overrides...]
+
+Runs `python world_model.py` in a fresh process exactly as a user would (data recording
+included), then prints a table: wall time per phase, total wall time, peak memory (RSS), and
+the autoencoder's cost per training step. Figures go in the README; targets are not asserted.
+"""
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def ae_step_gflop(cfg) -> float:
+    """FLOPs of one autoencoder training step (forward + backward) at the configured batch size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    import world_model as W
+    wm = W.WorldModel(cfg, 6)
+    x = torch.randint(0, 255, (cfg.ae.batch_size, 84, 84), dtype=torch.uint8)
+    with FlopCounterMode(display=False) as fc:
+        W.ae_loss(wm.ae, x, cfg.ae)[0].backward()
+    return fc.get_total_flops() / 1e9
+
+
+def main() -> None:
+    import world_model as W
+    overrides = sys.argv[1:]
+    cfg = W.make_config(overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "world_model.py"), *overrides, f"out_dir={tmp}/runs", f"assets_dir={tmp}/assets"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        (run,) = Path(tmp, "runs").iterdir()
+        s = json.loads((run / "summary.json").read_text())
+    import torch
+    t = s["times_s"]
+    rows = [("record frames (train + held-out)", f"{t['data']:.1f} s"),
+            (f"autoencoder, {cfg.ae.steps} steps", f"{t['autoencoder']:.1f} s ({1000 * t['autoencoder'] / cfg.ae.steps:.0f} ms/step)"),
+            (f"predictor, {cfg.pred.steps} steps", f"{t['predictor']:.1f} s ({1000 * t['predictor'] / cfg.pred.steps:.0f} ms/step)"),
+            ("evaluation + assets", f"{t['eval+assets']:.1f} s"),
+            ("whole command, wall (Python start to exit)", f"{wall:.1f} s"),
+            ("peak memory (max RSS)", f"{peak_mb:.0f} MB"),
+            (f"autoencoder step cost, batch {cfg.ae.batch_size}", f"{ae_step_gflop(cfg):.2f} GFLOP"),
+            ("held-out ball / player / opponent kept", f"{100 * s['recon_ball']:.1f} / {100 * s['recon_player']:.1f} / {100 * s['recon_opponent']:.1f} %")]
+    print(f"| {'python world_model.py ' + ' '.join(overrides):<44} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
+    print(f"|{'-' * 46}|{'-' * 32}|")
+    for k, v in rows:
+        print(f"| {k:<44} | {v:<30} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures: small real Pong recordings from ALE (a few hundred frames, under a second)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.d4rl_frames import record  # noqa: E402
+import world_model as W  # noqa: E402
+
+
+
+@pytest.fixture(scope="session")
+def train_data():
+    return record("Pong", steps=400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def val_data():
+    return record("Pong", steps=300, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return W.make_config(list(W.SMALL_BUDGET) + [f"out_dir={out}/runs", f"assets_dir={out}/assets"])
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_cfg, train_data, val_data):
+    """A tiny model trained through both loops (shared by the API tests)."""
+    wm, ae_hist = W.train_autoencoder(tiny_cfg, train_data, val_data, progress=False)
+    wm, pred_hist = W.train_predictor(tiny_cfg, wm, train_data, val_data, progress=False)
+    return wm, ae_hist, pred_hist

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from data.d4rl_frames import FrameData, record
+
+
+def test_record_is_real_seeded_pong(train_data):
+    d = train_data
+    assert d.frames.dtype == np.uint8 and d.frames.shape == (400, 84, 84)
+    assert d.actions.dtype == np.int64 and d.num_actions == 6 and d.ram.shape == (400, 128)
+    assert 80 < np.median(d.frames) < 95                      # Pong's grey background (~87)
+    assert len(np.unique(d.actions)) > 3                      # the random policy really acts
+    again = record("Pong", steps=50, seed=0)
+    assert np.array_equal(again.frames, d.frames[:50]) and np.array_equal(again.actions, d.actions[:50])
+    other = record("Pong", steps=50, seed=1)
+    assert not np.array_equal(other.frames, d.frames[:50])
+
+
+def test_episode_boundaries_are_kept():
+    d = record("Pong", steps=1800, seed=3)  # random play loses an episode in ~900 steps
+    assert d.episode[-1] >= 1, "expected at least one episode end in 1800 random steps"
+    for sl in d.episode_slices():
+        assert d.actions[sl.stop - 1] == 0 or sl.stop == len(d)  # an episode's last frame has no action
+    starts = d.starts(5)
+    assert np.all(d.episode[starts] == d.episode[starts + 4])
+    cut = np.flatnonzero(np.diff(d.episode))[0]  # last frame of episode 0
+    assert cut - 4 in starts and cut - 3 not in starts
+
+
+def test_unknown_game_names_close_matches():
+    with pytest.raises(ValueError, match="unknown Atari game 'Pongg'.*Pong"):
+        record("Pongg", steps=10)
+
+
+def test_framedata_rejects_bad_arrays():
+    f = np.zeros((4, 84, 84), np.uint8)
+    z = np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="uint8"):
+        FrameData(f.astype(np.float32), z, z, None, "Pong", 6)
+    with pytest.raises(ValueError, match="empty"):
+        FrameData(f[:0], z[:0], z[:0], None, "Pong", 6)
+    with pytest.raises(ValueError, match="actions must lie"):
+        FrameData(f, z + 6, z, None, "Pong", 6)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        FrameData(f, z, np.array([0, 1, 0, 1]), None, "Pong", 6)

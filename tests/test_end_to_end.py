@@ -1,0 +1,57 @@
+"""The real CLI and the real notebook, run end to end on the small budget."""
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+
+import world_model as W
+from conftest import ROOT
+
+
+def test_cli_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "world_model.py", *W.SMALL_BUDGET, f"out_dir={out}/runs", f"assets_dir={out}/assets"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "held-out objects" in res.stdout and "autoencoder" in res.stdout
+    png = iio.imread(out / "assets" / "real_vs_recon.png")
+    assert png.shape[0] >= 300 and png.shape[1] >= 1200           # 8 frames, ball-visible size
+    gif = iio.imread(out / "assets" / "pong_fake.gif", index=None)
+    assert gif.shape[0] == 20                                      # rollout_frames of the small budget
+    (run,) = (out / "runs").iterdir()
+    assert (run / "resolved_config.yaml").is_file()
+    wm = W.WorldModel.load(run / "checkpoints" / "last.pt")
+    assert wm.cfg.ae.steps == 40 and wm.cfg.model.width == 16
+    frames = np.zeros((wm.context, 84, 84), np.uint8) + 87
+    assert wm.rollout(frames, [0, 2, 3]).shape == (3, 84, 84)
+
+
+def test_cli_bad_override_is_one_line_and_nonzero(tmp_path):
+    res = subprocess.run([sys.executable, "world_model.py", "ae.stepz=3", f"out_dir={tmp_path}/runs"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "stepz" in res.stderr
+    assert not (tmp_path / "runs").exists()                       # nothing written before the error
+
+
+def test_notebook_executes_end_to_end(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(ROOT / "train.ipynb", as_version=4)
+    env = {"WM_SMOKE": "1", "WM_OVERRIDES": f"out_dir={tmp_path}/runs assets_dir={tmp_path}/assets"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert (tmp_path / "assets" / "real_vs_recon.png").is_file()
+    assert iio.imread(tmp_path / "assets" / "pong_fake.gif", index=None).shape[0] == 20
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3   # frames, loss curves, recon strip
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "recon_ball" in text and "(30, 84, 84) uint8" in text

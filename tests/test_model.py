@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+import world_model as W
+
+
+def test_shapes_and_dtypes(trained, val_data):
+    wm, _, _ = trained
+    x = torch.from_numpy(val_data.frames[:5])
+    z = wm.ae.encode(x)
+    assert z.shape == (5, 128)
+    assert wm.ae.decode(z).shape == (5, 84, 84)
+    assert wm.predictor(z[None, :4].expand(3, -1, -1), torch.tensor([0, 2, 3])).shape == (3, 128)
+    rec = wm.reconstruct(val_data.frames[:7])
+    assert rec.dtype == np.uint8 and rec.shape == (7, 84, 84)
+    dream = wm.rollout(val_data.frames[:wm.context], val_data.actions[3:15])
+    assert dream.dtype == np.uint8 and dream.shape == (12, 84, 84)
+
+
+def test_losses_fall_on_real_frames(trained):
+    _, ae_hist, pred_hist = trained
+    assert ae_hist[-1]["val_loss"] < 0.5 * ae_hist[0]["val_loss"]
+    assert pred_hist[-1]["val_loss"] < pred_hist[0]["val_loss"]
+
+
+def test_actions_change_the_dream(trained, val_data):
+    wm, _, _ = trained
+    ctx = val_data.frames[:wm.context]
+    up, down = wm.rollout(ctx, np.full(10, 2)), wm.rollout(ctx, np.full(10, 3))
+    assert not np.array_equal(up, down)
+    assert np.array_equal(up, wm.rollout(ctx, np.full(10, 2)))  # deterministic
+
+
+def test_windows_never_cross_an_episode_boundary():
+    from data.d4rl_frames import FrameData
+    ep = np.repeat(np.arange(5), [3, 10, 2, 7, 9])           # episodes of 3, 10, 2, 7 and 9 frames
+    n = len(ep)
+    d = FrameData(np.zeros((n, 84, 84), np.uint8), np.zeros(n, np.int64), ep, None, "Pong", 6)
+    starts = d.starts(5)
+    assert len(starts) == (10 - 4) + (7 - 4) + (9 - 4)
+    w = W.window_batch(starts, 5, 1000, torch.Generator().manual_seed(0))  # (1000, 5)
+    assert w.shape == (1000, 5)
+    assert np.all(ep[w] == ep[w[:, :1]])                        # every window inside one episode
+    assert np.all(np.diff(w, axis=1) == 1)                      # truly consecutive frames
+
+
+def test_checkpoint_round_trip(trained, val_data, tmp_path):
+    wm, _, _ = trained
+    path = tmp_path / "ck" / "last.pt"
+    wm.save(path)
+    assert not (tmp_path / "ck" / "last.pt.tmp").exists()
+    back = W.WorldModel.load(path)
+    assert back.cfg == wm.cfg and back.context == wm.context
+    x = val_data.frames[:6]
+    assert np.array_equal(back.reconstruct(x), wm.reconstruct(x))
+    ctx, acts = val_data.frames[:wm.context], val_data.actions[:25]
+    assert np.array_equal(back.rollout(ctx, acts), wm.rollout(ctx, acts))
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        W.WorldModel.load(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable"):
+        W.WorldModel.load(bad)
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda f, k: f[:k].astype(np.float32), "uint8"),
+    (lambda f, k: f[:k, :80], r"\(N, 84, 84\)"),
+    (lambda f, k: f[:k + 1], "exactly"),
+    (lambda f, k: f[0], r"\(N, 84, 84\)"),
+])
+def test_rollout_rejects_bad_context(trained, val_data, make, msg):
+    wm, _, _ = trained
+    with pytest.raises(ValueError, match=msg):
+        wm.rollout(make(val_data.frames, wm.context), [0, 1])
+
+
+def test_rollout_and_reconstruct_reject_bad_actions_and_frames(trained, val_data):
+    wm, _, _ = trained
+    ctx = val_data.frames[:wm.context]
+    with pytest.raises(ValueError, match="integer"):
+        wm.rollout(ctx, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="integer"):
+        wm.rollout(ctx, np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        wm.rollout(ctx, [0, 7])
+    with pytest.raises(ValueError, match="uint8"):
+        wm.reconstruct(val_data.frames.astype(np.int16))
+
+
+@pytest.mark.parametrize("overrides, msg", [
+    (["ae.stepz=3"], "stepz"),
+    (["ae.steps=many"], "ae.steps"),
+    (["data.val_seed=0"], "val_seed must differ"),
+    (["model.context=0"], "model.context"),
+    (["ae.steps"], "key=value"),
+])
+def test_bad_config_is_one_clear_error(overrides, msg):
+    with pytest.raises(ValueError, match=msg):
+        W.make_config(overrides)
+
+
+def test_context_one_and_pure_dynamics_train(tiny_cfg, train_data, val_data):
+    cfg = W.make_config(["model.context=1", "model.action_conditioned=false", "ae.steps=5", "pred.steps=5"],
+                        base=tiny_cfg)
+    wm, _ = W.train_autoencoder(cfg, train_data, val_data, progress=False)
+    wm, _ = W.train_predictor(cfg, wm, train_data, val_data, progress=False)
+    ctx = val_data.frames[:1]
+    assert np.array_equal(wm.rollout(ctx, [2] * 4), wm.rollout(ctx, [3] * 4))  # the action is ignored
