@@ -11,7 +11,7 @@ def test_shapes_and_dtypes(trained, val_data):
     z = wm.ae.encode(x)
     assert z.shape == (5, 128)
     assert wm.ae.decode(z).shape == (5, 84, 84)
-    assert wm.predictor(z[None, :4].expand(3, -1, -1), torch.tensor([0, 2, 3])).shape == (3, 128)
+    assert wm.predictor(z[None, :4].expand(3, -1, -1), torch.tensor([[0, 2, 3, 1]] * 3)).shape == (3, 128)
     rec = wm.reconstruct(val_data.frames[:7])
     assert rec.dtype == np.uint8 and rec.shape == (7, 84, 84)
     dream = wm.rollout(val_data.frames[:wm.context], val_data.actions[3:15])
@@ -111,3 +111,13 @@ def test_context_one_and_pure_dynamics_train(tiny_cfg, train_data, val_data):
     wm, _ = W.train_predictor(cfg, wm, train_data, val_data, progress=False)
     ctx = val_data.frames[:1]
     assert np.array_equal(wm.rollout(ctx, [2] * 4), wm.rollout(ctx, [3] * 4))  # the action is ignored
+
+
+def test_rollout_uses_known_context_actions(trained, val_data):
+    wm, _, _ = trained
+    ctx, acts = val_data.frames[:wm.context], val_data.actions[wm.context - 1:wm.context + 9]
+    unknown = wm.rollout(ctx, acts)
+    known = wm.rollout(ctx, acts, context_actions=val_data.actions[:wm.context - 1])
+    assert known.shape == unknown.shape == (10, 84, 84)
+    with pytest.raises(ValueError, match="context_actions must hold 3"):
+        wm.rollout(ctx, acts, context_actions=[0])
