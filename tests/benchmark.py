@@ -36,9 +36,12 @@ def fresh_seed_figures(ckpt: Path, cfg, seeds=(101, 102, 103), steps: int = 1000
     import world_model as W
     from data.d4rl_frames import record
     wm = W.WorldModel.load(ckpt)
-    frames = np.concatenate([record(cfg.data.game, steps, sd, cfg.data.policy).frames for sd in seeds])
+    data = [record(cfg.data.game, steps, sd, cfg.data.policy) for sd in seeds]
+    frames = np.concatenate([d.frames for d in data])
     ok = W.object_agreement(frames, wm.reconstruct(frames))
-    return {k: float(v.mean()) for k, v in ok.items()} | {"n": len(frames), "seeds": seeds}
+    dreams = [W.dream_figures(wm, d) for d in data]
+    dream = {k: float(np.mean([d[k] for d in dreams])) for k in dreams[0]}   # equal starts per seed
+    return {k: float(v.mean()) for k, v in ok.items()} | {"n": len(frames), "seeds": seeds, "dream": dream}
 
 
 def main() -> None:
@@ -65,6 +68,12 @@ def main() -> None:
             (f"autoencoder step cost, batch {cfg.ae.batch_size}", f"{ae_step_gflop(cfg):.2f} GFLOP"),
             ("held-out ball / player / opponent kept", f"{100 * s['recon_ball']:.1f} / {100 * s['recon_player']:.1f} / {100 * s['recon_opponent']:.1f} %"),
             (f"same, fresh seeds {fresh['seeds']}, {fresh['n']} frames", f"{100 * fresh['ball']:.1f} / {100 * fresh['player']:.1f} / {100 * fresh['opponent']:.1f} %")]
+    d = fresh["dream"]
+    for name, label in (("dream", "30-step dream"), ("copy_last", "copy-last-frame")):
+        rows.append((f"{label}, fresh seeds: ball / player / opponent kept",
+                     f"{100 * d[name + '_ball']:.1f} / {100 * d[name + '_player']:.1f} / {100 * d[name + '_opponent']:.1f} %"))
+        rows.append((f"{label}, fresh seeds: MSE, ball tracked (median)",
+                     f"{d[name + '_mse']:.5f}, {d[name + '_ball_tracked_median']:.1f} steps"))
     print(f"| {'python world_model.py ' + ' '.join(overrides):<48} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
     print(f"|{'-' * 50}|{'-' * 32}|")
     for k, v in rows:

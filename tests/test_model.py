@@ -121,3 +121,13 @@ def test_rollout_uses_known_context_actions(trained, val_data):
     assert known.shape == unknown.shape == (10, 84, 84)
     with pytest.raises(ValueError, match="context_actions must hold 3"):
         wm.rollout(ctx, acts, context_actions=[0])
+
+
+def test_dream_figures_compare_with_copy_last(trained, val_data):
+    wm, _, _ = trained
+    f = W.dream_figures(wm, val_data, horizon=10, every=50)
+    assert f["dream_starts"] == len(val_data.starts(wm.context + 10)[::50]) > 0
+    for name in ("dream", "copy_last"):
+        assert 0 <= f[f"{name}_ball"] <= 1 and 0 <= f[f"{name}_ball_tracked_median"] <= 10
+    # Copying the last real frame keeps a still paddle; a moving ball is lost within steps.
+    assert f["copy_last_mse"] > 0 and f["copy_last_ball_tracked_median"] < 10
