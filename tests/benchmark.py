@@ -74,10 +74,10 @@ def main() -> None:
                      f"{100 * d[name + '_ball']:.1f} / {100 * d[name + '_player']:.1f} / {100 * d[name + '_opponent']:.1f} %"))
         rows.append((f"{label}, fresh seeds: MSE, ball tracked (median)",
                      f"{d[name + '_mse']:.5f}, {d[name + '_ball_tracked_median']:.1f} steps"))
-    print(f"| {'python world_model.py ' + ' '.join(overrides):<48} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
-    print(f"|{'-' * 50}|{'-' * 32}|")
+    print(f"| {'python world_model.py ' + ' '.join(overrides):<60} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
+    print(f"|{'-' * 62}|{'-' * 32}|")
     for k, v in rows:
-        print(f"| {k:<48} | {v:<30} |")
+        print(f"| {k:<60} | {v:<30} |")
 
 
 if __name__ == "__main__":
