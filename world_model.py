@@ -507,7 +507,8 @@ def upscale(frames: np.ndarray, s: int = 3) -> np.ndarray:
 def save_recon_png(real: np.ndarray, recon: np.ndarray, path: str | Path) -> None:
     """Real frames above their reconstructions, big enough to see the ball."""
     import matplotlib
-    matplotlib.use("Agg") if "matplotlib.pyplot" not in sys.modules else None
+    if "matplotlib.pyplot" not in sys.modules:  # headless CLI; a notebook keeps its own backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(real)
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
