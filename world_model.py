@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from data.d4rl_frames import FrameData, record
-from data.probe import object_agreement, probe  # noqa: F401 (part of this module's API)
+from data.probe import object_agreement, probe
 
 CHECKPOINT_FORMAT = 1
 
@@ -369,14 +369,15 @@ def max_pool3(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 
 
-def object_loss(recon: torch.Tensor, target: torch.Tensor, bg: torch.Tensor, c: AEConfig) -> torch.Tensor:
+def ae_loss(ae: Autoencoder, frames: torch.Tensor, c: AEConfig) -> tuple[torch.Tensor, dict]:
     """Object-weighted MSE: plain MSE on a grey Pong screen ignores the 2-pixel ball.
 
-    recon, target: (B, 84, 84) in 0..1; bg: (84, 84) background. Pixels where the target or the reconstruction leaves the
-    background weigh 1 + fg_weight, bright ones (the ball) bright_weight more: missing an object
-    and drawing a ghost both cost.
+    Pixels where the target or the reconstruction leaves the background weigh 1 + fg_weight, and
+    bright ones (the ball) bright_weight more: missing an object and drawing a ghost both cost.
     """
-    r = recon.detach()
+    target = frames.float() / 255                                            # (B, 84, 84)
+    recon = ae(frames)
+    r, bg = recon.detach(), ae.background
     fg = ((target - bg).abs() > c.fg_threshold) | ((r - bg).abs() > c.fg_threshold)
     bright = fg & ((target > c.bright_threshold) | (r > c.bright_threshold))
     w = 1 + c.fg_weight * fg.float() + c.bright_weight * bright.float()
@@ -387,14 +388,7 @@ def object_loss(recon: torch.Tensor, target: torch.Tensor, bg: torch.Tensor, c: 
         pr, pt = F.max_pool2d(recon[:, None], 3, 1, 1), max_pool3(target[:, None])
         pb = ((pt > c.bright_threshold) | (pr.detach() > c.bright_threshold)).float()
         loss = loss + c.peak_weight * (pb * (pr - pt) ** 2).mean()
-    return loss
-
-
-def ae_loss(ae: Autoencoder, frames: torch.Tensor, c: AEConfig) -> tuple[torch.Tensor, dict]:
-    """The autoencoder's loss on uint8 (B, 84, 84) frames, and its plain pixel MSE."""
-    target = frames.float() / 255                                            # (B, 84, 84)
-    recon = ae(frames)
-    return object_loss(recon, target, ae.background, c), {"mse": F.mse_loss(recon, target).detach()}
+    return loss, {"mse": F.mse_loss(recon, target).detach()}
 
 
 def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions: int | None = None,

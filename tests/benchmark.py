@@ -72,7 +72,7 @@ def main() -> None:
     for name, label in (("dream", "30-step dream"), ("copy_last", "copy-last-frame")):
         rows.append((f"{label}, fresh seeds: ball / player / opponent kept",
                      f"{100 * d[name + '_ball']:.1f} / {100 * d[name + '_player']:.1f} / {100 * d[name + '_opponent']:.1f} %"))
-        rows.append((f"{label}, fresh seeds: MSE, ball tracked (median)",
+        rows.append((f"{label}, fresh seeds: MSE, ball tracked (seed medians, mean)",
                      f"{d[name + '_mse']:.5f}, {d[name + '_ball_tracked_median']:.1f} steps"))
     print(f"| {'python world_model.py ' + ' '.join(overrides):<60} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
     print(f"|{'-' * 62}|{'-' * 32}|")

@@ -119,6 +119,7 @@ def test_rollout_uses_known_context_actions(trained, val_data):
     unknown = wm.rollout(ctx, acts)
     known = wm.rollout(ctx, acts, context_actions=val_data.actions[:wm.context - 1])
     assert known.shape == unknown.shape == (10, 84, 84)
+    assert not np.array_equal(known, unknown)  # the past actions are an input, not ignored
     with pytest.raises(ValueError, match="context_actions must hold 3"):
         wm.rollout(ctx, acts, context_actions=[0])
 
