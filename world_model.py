@@ -5,7 +5,9 @@ latents and the player's action to the next latent; rolled out open loop it drea
 
     python world_model.py                                  # record frames, train both, write assets/
     python world_model.py ae.steps=1000 model.context=1    # dot-notation overrides of Config
-    python world_model.py --config my.yaml pred.lr=3e-4    # a YAML file first, then overrides
+    python world_model.py --config my.yaml optim.lr=3e-4   # a YAML file first, then overrides
+    python world_model.py data.source=data/pong            # train on a recorded dataset (python -m data.d4rl_frames)
+    python world_model.py --resume runs/<run>              # continue a stopped run where it stopped
 
     from world_model import WorldModel
     wm = WorldModel.load("runs/<run>/checkpoints/last.pt")
@@ -14,13 +16,18 @@ latents and the player's action to the next latent; rolled out open loop it drea
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import io
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,28 +37,34 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from data.d4rl_frames import FrameData, record
+from data.d4rl_frames import FrameData, make_env, record
 from data.probe import object_agreement, probe
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 # ------------------------------------------------------------------------------------ config
 
 
 @dataclass
 class DataConfig:
+    source: str = "ale"           # ale: record now with Gymnasium + ale-py | a dataset folder (ours or the predecessor's) | d4rl:<id>
     game: str = "Pong"            # ALE game name, as in ALE/<game>-v5
-    train_steps: int = 5000       # frames recorded for training
-    val_steps: int = 1000         # held-out frames, from separate episodes (val_seed)
-    seed: int = 0                 # seed of the training recording (emulator no-ops and policy)
-    val_seed: int = 1             # seed of the held-out recording; must differ from seed
-    policy: str = "random"        # policy that plays while recording
+    train_steps: int = 5000       # ale source: frames recorded for training
+    val_steps: int = 1000         # ale source: held-out frames, from separate episodes (val_seed)
+    seed: int = 0                 # ale source: seed of the training recording (emulator no-ops and policy)
+    val_seed: int = 1             # ale source: seed of the held-out recording; must differ from seed
+    policy: str = "random"        # ale source: policy that plays while recording
+    val_fraction: float = 0.1     # dataset sources: share of whole episodes (the last ones) held out
+    num_workers: int = 0          # DataLoader processes gathering autoencoder batches (0: in the main process)
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead; only with num_workers > 0
+    persistent_workers: bool = False  # keep workers alive between phases; only with num_workers > 0
+    pin_memory: bool = False      # page-locked batches for faster host-to-GPU copies; only on CUDA
 
 
 @dataclass
 class ModelConfig:
     latent_dim: int = 128         # size of a frame's latent
-    width: int = 64               # channels of the autoencoder's 21x21 and 11x11 feature maps
+    width: int = 64               # channels of the autoencoder's 21x21 and 11x11 feature maps (multiple of 8)
     context: int = 4              # K: latents the predictor sees (1 allowed)
     action_conditioned: bool = True  # False: pure dynamics, the action is not an input
     hidden: int = 512             # predictor MLP width
@@ -61,7 +74,10 @@ class ModelConfig:
 class AEConfig:
     steps: int = 500              # optimizer steps of the autoencoder loop
     batch_size: int = 128         # frames per step
-    lr: float = 3e-3              # peak learning rate (one-cycle schedule)
+    lr: float = 3e-3              # peak learning rate (optim.lr, when set, replaces it)
+    schedule: str = "one_cycle"   # learning-rate schedule: one_cycle | cosine | constant
+    loss: str = "mse"             # per-pixel error: mse | huber (the object weights apply to either)
+    huber_delta: float = 0.1      # huber: quadratic below this error (pixels on a 0..1 scale)
     fg_weight: float = 100.0      # extra loss weight on pixels that differ from the background
     bright_weight: float = 300.0  # extra weight on bright foreground pixels (Pong's ball)
     fg_threshold: float = 0.05    # |pixel - background| above this is foreground (0..1 scale)
@@ -74,10 +90,56 @@ class AEConfig:
 class PredConfig:
     steps: int = 500              # optimizer steps of the predictor loop
     batch_size: int = 128         # windows per step
-    lr: float = 1e-3              # peak learning rate (one-cycle schedule)
+    lr: float = 1e-3              # peak learning rate (optim.lr, when set, replaces it)
+    schedule: str = "one_cycle"   # learning-rate schedule: one_cycle | cosine | constant
+    loss: str = "mse"             # latent error: mse | huber
+    huber_delta: float = 1.0      # huber: quadratic below this error (latents are normalised to unit std)
     unroll: int = 4               # open-loop steps per training window (1 = teacher forcing)
     grad_clip: float = 1.0        # max gradient norm
     unknown_past_prob: float = 0.25  # share of windows trained without the actions before the last context frame
+
+
+@dataclass
+class OptimConfig:
+    lr: Optional[float] = None    # if set, the peak learning rate of both phases (replaces ae.lr and pred.lr)
+    beta1: float = 0.9            # AdamW first-moment decay (one_cycle cycles it between 0.85 and 0.95)
+    beta2: float = 0.99           # AdamW second-moment decay: short memory, the object weights make gradients spiky
+    weight_decay: float = 0.0     # AdamW decoupled weight decay
+    warmup: float = 0.1           # share of a phase spent warming up (one_cycle and cosine)
+
+
+@dataclass
+class EvalConfig:
+    val_every: int = 100          # validate (held-out losses, figures, images, videos, checkpoints) every this many steps
+    log_every: int = 10           # a metrics.csv row every this many steps
+    val_frames: int = 256         # held-out frames scored at each autoencoder validation
+    video_frames: int = 60        # length of the open-loop video written at each predictor validation
+    rollout_frames: int = 200     # length of the final dreamed GIF (assets/pong_fake.gif)
+    fps: int = 15                 # GIF frame rate (Pong runs at 15 agent steps a second)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0                 # seeds initialisation and every batch (batch t is drawn from (seed, phase, t))
+    device: str = "auto"          # auto (CUDA, then Apple MPS, then CPU) | cpu | cuda | mps
+    cpu: bool = False             # force the CPU whatever device says
+    precision: str = "fp32"       # fp32 | bf16 | fp16 (autocast; CUDA only)
+    compile: bool = False         # torch.compile the training modules (CUDA only; checkpoints hold the plain module)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"        # disabled | offline | online (needs `pip install wandb`)
+    project: str = "neural-atari-regen"  # W&B project
+    entity: Optional[str] = None  # W&B team or user (None: your default)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = ""                # run folder suffix (runs/<timestamp>_<name>); empty: the game's name
+    out_dir: str = "runs"         # run folders go here
+    assets_dir: str = "assets"    # real_vs_recon.png and pong_fake.gif go here
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -86,35 +148,66 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     pred: PredConfig = field(default_factory=PredConfig)
-    seed: int = 0                 # seeds torch (initialisation, batches)
-    device: str = "auto"          # auto | cpu | cuda | mps
-    eval_every: int = 100         # held-out loss every this many steps
-    out_dir: str = "runs"         # run folders go here
-    assets_dir: str = "assets"    # real_vs_recon.png and pong_fake.gif go here
-    rollout_frames: int = 200     # length of the dreamed GIF
-    fps: int = 15                 # GIF frame rate (Pong runs at 15 agent steps a second)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    def lr(self, phase: str) -> float:
+        """The peak learning rate of a phase: optim.lr when set, else ae.lr / pred.lr."""
+        return self.optim.lr if self.optim.lr is not None else getattr(self, phase).lr
 
     def check(self) -> "Config":
         """Inconsistent combinations are errors before anything runs."""
-        if self.data.val_seed == self.data.seed:
+        d, t = self.data, self.train
+        if d.source == "ale" and d.val_seed == d.seed:
             raise ValueError("data.val_seed must differ from data.seed: held-out episodes are never training episodes")
-        for name, v in [("model.context", self.model.context), ("ae.steps", self.ae.steps),
-                        ("pred.steps", self.pred.steps), ("pred.unroll", self.pred.unroll),
-                        ("data.train_steps", self.data.train_steps), ("data.val_steps", self.data.val_steps)]:
+        for name, v in [("model.context", self.model.context), ("ae.steps", self.ae.steps), ("pred.steps", self.pred.steps),
+                        ("pred.unroll", self.pred.unroll), ("data.train_steps", d.train_steps),
+                        ("data.val_steps", d.val_steps), ("ae.batch_size", self.ae.batch_size),
+                        ("pred.batch_size", self.pred.batch_size), ("eval.val_every", self.eval.val_every),
+                        ("eval.log_every", self.eval.log_every), ("eval.val_frames", self.eval.val_frames),
+                        ("eval.fps", self.eval.fps)]:
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if self.model.width % 8:
             raise ValueError(f"model.width must be a multiple of 8 (GroupNorm uses 8 groups), got {self.model.width}")
-        need = self.model.context + self.rollout_frames
-        if self.data.val_steps < need:
-            raise ValueError(f"data.val_steps={self.data.val_steps} is too short for a {self.rollout_frames}-frame "
-                             f"rollout after {self.model.context} context frames: use >= {need}")
+        for name, v, allowed in [("ae.schedule", self.ae.schedule, SCHEDULES), ("pred.schedule", self.pred.schedule, SCHEDULES),
+                                 ("ae.loss", self.ae.loss, LOSSES), ("pred.loss", self.pred.loss, LOSSES),
+                                 ("train.precision", t.precision, ("fp32", "bf16", "fp16")),
+                                 ("train.device", t.device, ("auto", "cpu", "cuda", "mps")),
+                                 ("experiment.wandb.mode", self.experiment.wandb.mode, ("disabled", "offline", "online"))]:
+            if v not in allowed:
+                raise ValueError(f"{name}={v!r} is not one of {', '.join(allowed)}")
+        if not 0 < d.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must lie in (0, 1), got {d.val_fraction}")
+        if d.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {d.num_workers}")
+        if d.num_workers == 0 and (d.prefetch_factor is not None or d.persistent_workers):
+            raise ValueError("data.prefetch_factor and data.persistent_workers need data.num_workers > 0 "
+                             "(with no workers nothing loads ahead): set data.num_workers or drop them")
+        if d.source == "ale" and d.val_steps < self.model.context + self.eval.rollout_frames:
+            need = self.model.context + self.eval.rollout_frames
+            raise ValueError(f"data.val_steps={d.val_steps} is too short for a {self.eval.rollout_frames}-frame rollout "
+                             f"after {self.model.context} context frames: use >= {need}")
+        dev = pick_device("cpu" if t.cpu else t.device)
+        if not t.cpu and t.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but torch sees no CUDA device: use train.device=auto or cpu")
+        if dev.type != "cuda":
+            for name, bad in [("train.precision", t.precision != "fp32"), ("train.compile", t.compile),
+                              ("data.pin_memory", d.pin_memory)]:
+                if bad:
+                    raise ValueError(f"{name} needs CUDA, but training runs on {dev.type}: drop it or run on a GPU")
         return self
 
 
+LOSSES = ("mse", "huber")
+SCHEDULES = ("one_cycle", "cosine", "constant")
+
 # A few seconds end to end: the tests and the notebook's WM_SMOKE=1 mode use it.
 SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "ae.steps=40", "pred.steps=40", "model.width=16",
-                "model.hidden=64", "rollout_frames=20", "eval_every=20")
+                "model.hidden=64", "eval.rollout_frames=20", "eval.video_frames=20", "eval.val_every=20",
+                "eval.log_every=10")
 
 
 def make_config(overrides: list[str] | None = None, yaml_path: str | None = None, base: Config | None = None) -> Config:
@@ -146,6 +239,10 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def train_device(cfg: Config) -> torch.device:
+    return pick_device("cpu" if cfg.train.cpu else cfg.train.device)
 
 # ------------------------------------------------------------------------------------ models
 
@@ -312,53 +409,138 @@ class WorldModel(nn.Module):
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "WorldModel":
-        """Rebuild a model from a checkpoint alone (CPU unless told otherwise)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found: train one with `python world_model.py`")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}): is it a truncated or foreign file?") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {path} is not a Neural-Atari Regen checkpoint of format {CHECKPOINT_FORMAT}")
+    def from_checkpoint(cls, ckpt: dict, where: str = "checkpoint") -> "WorldModel":
         cfg = make_config(base=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])))
         wm = cls(cfg, ckpt["num_actions"], ckpt["game"])
         try:
             wm.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
-            raise ValueError(f"checkpoint {path} does not match the model its config builds: {detail}") from None
-        return wm.to(pick_device(device)).eval()
+            raise ValueError(f"{where} does not match the model its config builds: {detail}") from None
+        return wm
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "WorldModel":
+        """Rebuild a model from a checkpoint alone (CPU unless told otherwise)."""
+        return cls.from_checkpoint(read_checkpoint(path), f"checkpoint {path}").to(pick_device(device)).eval()
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dict, loaded with weights_only=True; a missing, truncated or foreign file is a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: train one with `python world_model.py`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}): is it a truncated or foreign file?") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else None
+        raise ValueError(f"checkpoint {path} is not a Neural-Atari Regen checkpoint of format {CHECKPOINT_FORMAT} "
+                         f"(found format {got}): retrain with this version")
+    try:
+        make_config(base=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])))
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} holds a config this version cannot read ({e})") from None
+    return ckpt
 
 # ------------------------------------------------------------------------------------ batching
 
 
-def frame_batch(data: FrameData, batch_size: int, gen: torch.Generator) -> torch.Tensor:
-    """Random single frames: uint8 (B, 84, 84)."""
-    idx = torch.randint(len(data), (batch_size,), generator=gen).numpy()
-    return torch.from_numpy(data.frames[idx])
+def step_rng(cfg: Config, phase: str, step: int) -> np.random.Generator:
+    """The random stream of one training step: drawn from (seed, phase, step) alone, so a resumed
+    run (or a DataLoader worker) draws exactly the batch an uninterrupted run would have drawn."""
+    return np.random.default_rng([cfg.train.seed, PHASES.index(phase), step])
 
 
-def window_batch(starts: np.ndarray, length: int, batch_size: int, gen: torch.Generator) -> np.ndarray:
+class FrameBatches(torch.utils.data.Dataset):
+    """Autoencoder batches by step number: item t is the uint8 (B, 84, 84) batch of step t.
+
+    Frames stay uint8 (and on disk, for memory-mapped datasets) until the model's first line;
+    sorted indices make a memory-mapped gather read each page once.
+    """
+
+    def __init__(self, cfg: Config, data: FrameData):
+        self.cfg, self.data = cfg, data
+
+    def __len__(self) -> int:
+        return self.cfg.ae.steps + 1
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        idx = np.sort(step_rng(self.cfg, "ae", step).integers(len(self.data), size=self.cfg.ae.batch_size))
+        return torch.from_numpy(np.ascontiguousarray(self.data.frames[idx]))   # (B, 84, 84) uint8
+
+
+def frame_loader(cfg: Config, data: FrameData, first_step: int) -> torch.utils.data.DataLoader:
+    d = cfg.data
+    extra = dict(prefetch_factor=d.prefetch_factor, persistent_workers=d.persistent_workers) if d.num_workers else {}
+    return torch.utils.data.DataLoader(FrameBatches(cfg, data), batch_size=None, sampler=range(first_step, cfg.ae.steps + 1),
+                                       num_workers=d.num_workers, pin_memory=d.pin_memory, **extra)
+
+
+def window_batch(starts: np.ndarray, length: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     """Index windows of `length` consecutive frames inside one episode: int (B, length)."""
-    pick = starts[torch.randint(len(starts), (batch_size,), generator=gen).numpy()]
+    pick = starts[rng.integers(len(starts), size=batch_size)]
     return pick[:, None] + np.arange(length)[None]
 
 # ------------------------------------------------------------------------------------ training loops
 
 
-def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int):
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+PHASES = ("ae", "pred")
 
 
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched, grad_clip: float) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
-    opt.step()
-    sched.step()
+def make_optimizer(cfg: Config, phase: str, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    o, pc = cfg.optim, getattr(cfg, phase)
+    lr, steps = cfg.lr(phase), pc.steps
+    opt = torch.optim.AdamW(params, lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    if pc.schedule == "one_cycle":
+        # At least 2 warm-up steps: OneCycleLR divides by zero when warm-up rounds to one step.
+        pct = min(max(o.warmup, 2 / steps), 0.5)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
+    else:
+        warm = max(1, round(o.warmup * steps))
+        def factor(i: int) -> float:  # linear warm-up, then cosine to zero (or flat)
+            if pc.schedule == "constant":
+                return 1.0
+            return (i + 1) / warm if i < warm else 0.5 * (1 + np.cos(np.pi * (i - warm) / max(1, steps - warm)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, sched
+
+
+def point_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
+    """Elementwise error, not reduced: squared or Huber."""
+    if kind == "huber":
+        return F.huber_loss(pred, target, reduction="none", delta=delta)
+    return (pred - target) ** 2
+
+
+class Precision:
+    """Autocast (and, for fp16, loss scaling) on CUDA; a no-op in fp32."""
+
+    def __init__(self, cfg: Config, dev: torch.device):
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+        self.dev = dev
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+
+    def autocast(self):
+        return torch.autocast(self.dev.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, sched, grad_clip: float) -> float:
+        """One optimizer step; returns the gradient norm before clipping."""
+        opt.zero_grad(set_to_none=True)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if self.scaler is None:
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)
+            norm = nn.utils.clip_grad_norm_(params, grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+        sched.step()
+        return norm
 
 
 @torch.no_grad()
@@ -369,133 +551,406 @@ def max_pool3(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 
 
-def ae_loss(ae: Autoencoder, frames: torch.Tensor, c: AEConfig) -> tuple[torch.Tensor, dict]:
-    """Object-weighted MSE: plain MSE on a grey Pong screen ignores the 2-pixel ball.
+def ae_loss(ae: nn.Module, frames: torch.Tensor, c: AEConfig, background: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, dict]:
+    """Object-weighted error: plain MSE on a grey Pong screen ignores the 2-pixel ball.
 
     Pixels where the target or the reconstruction leaves the background weigh 1 + fg_weight, and
     bright ones (the ball) bright_weight more: missing an object and drawing a ghost both cost.
+    `ae` may be a compiled module; `background` is then the plain module's buffer.
     """
     target = frames.float() / 255                                            # (B, 84, 84)
-    recon = ae(frames)
-    r, bg = recon.detach(), ae.background
+    recon = ae(frames).float()
+    r, bg = recon.detach(), (ae.background if background is None else background)
     fg = ((target - bg).abs() > c.fg_threshold) | ((r - bg).abs() > c.fg_threshold)
     bright = fg & ((target > c.bright_threshold) | (r > c.bright_threshold))
     w = 1 + c.fg_weight * fg.float() + c.bright_weight * bright.float()
-    loss = (w * (recon - target) ** 2).mean()
+    loss = (w * point_loss(recon, target, c.loss, c.huber_delta)).mean()
     if c.peak_weight > 0:
         # Max-pooled 3x3 images must match too: a ball placed 1 px off costs little here, a ball
         # smeared dim over its possible positions (the MSE-optimal hedge) costs a lot.
         pr, pt = F.max_pool2d(recon[:, None], 3, 1, 1), max_pool3(target[:, None])
         pb = ((pt > c.bright_threshold) | (pr.detach() > c.bright_threshold)).float()
         loss = loss + c.peak_weight * (pb * (pr - pt) ** 2).mean()
-    return loss, {"mse": F.mse_loss(recon, target).detach()}
+    return loss, {"mse": F.mse_loss(recon.detach(), target)}
+
+
+def _background(frames: np.ndarray, n: int = 4096) -> np.ndarray:
+    """Per-pixel median of up to n evenly spaced frames (a memory-mapped dataset is never read whole)."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).astype(np.int64))
+    return np.median(frames[idx], axis=0).astype(np.float32) / 255                   # (84, 84)
 
 
 def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions: int | None = None,
-                      progress: bool = True) -> tuple[WorldModel, list[dict]]:
-    """Loop 1: fit the autoencoder on single frames. Returns a WorldModel (predictor untrained) and a history."""
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dev = pick_device(cfg.device)
+                      progress: bool = True, run: "Run | None" = None, resume: dict | None = None
+                      ) -> tuple[WorldModel, list[dict]]:
+    """Loop 1: fit the autoencoder on single frames. Returns a WorldModel (predictor untrained) and the
+    validation history. `run` writes metrics, pictures and checkpoints; `resume` is a checkpoint dict."""
+    torch.manual_seed(cfg.train.seed)
+    dev = train_device(cfg)
     wm = WorldModel(cfg, num_actions or train.num_actions, train.game).to(dev)
     ae = wm.ae
-    ae.background.copy_(torch.from_numpy(np.median(train.frames, axis=0).astype(np.float32) / 255))
-    # beta2=0.99: the object weights make gradients spiky; a shorter second-moment memory adapts faster.
-    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    sched = one_cycle(opt, cfg.ae.lr, cfg.ae.steps)
-    val_x = torch.from_numpy(val.frames[np.linspace(0, len(val) - 1, min(256, len(val))).astype(int)]).to(dev)
+    ae.background.copy_(torch.from_numpy(_background(train.frames)))
+    opt, sched = make_optimizer(cfg, "ae", ae.parameters())
+    prec, net = Precision(cfg, dev), (torch.compile(ae) if cfg.train.compile else ae)
+    first, best = 1, float("inf")
+    if resume is not None:
+        first, best = _restore(resume, "ae", wm, opt, sched) + 1, resume["best"]
+    val_x = torch.from_numpy(val.frames[np.linspace(0, len(val) - 1, min(cfg.eval.val_frames, len(val))).astype(int)])
     history = []
 
-    def validate(step: int, loss: float) -> None:
+    def validate(step: int) -> float:
         ae.eval()
         with torch.no_grad():
-            vloss, vm = ae_loss(ae, val_x, cfg.ae)
-        history.append({"phase": "ae", "step": step, "loss": loss, "val_loss": vloss.item(),
-                        "val_mse": vm["mse"].item(), "lr": sched.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{loss:.4f}", val=f"{vloss.item():.4f}")
+            vloss, _ = ae_loss(ae, val_x.to(dev), cfg.ae)
+            recon = wm.reconstruct(val_x)
+        ok = object_agreement(val_x.numpy(), recon)
+        row = {"phase": "ae", "step": step, "val_loss": vloss.item(),
+               "recon_mse": float(np.mean((recon.astype(np.float32) - val_x.numpy()) ** 2) / 255 ** 2),
+               **{f"recon_{k}": float(v.mean()) for k, v in ok.items()}}
+        history.append(row)
+        if run is not None:
+            run.log_val(row)
+            pick = np.linspace(0, len(val_x) - 1, 8).astype(int)
+            run.image(f"ae_step{step:06d}.png", strip(val_x.numpy()[pick], recon[pick]))
+        return row["val_loss"]
 
-    bar = tqdm(range(1, cfg.ae.steps + 1), desc="autoencoder", disable=not progress, mininterval=1.0)
-    validate(0, float("nan"))
-    for step in bar:
+    if first == 1:
+        best = validate(0)
+    bar = tqdm(frame_loader(cfg, train, first), desc="autoencoder", disable=not progress, mininterval=1.0,
+               initial=first - 1, total=cfg.ae.steps)
+    meter = Meter()
+    for step, x in enumerate(bar, first):
         ae.train()
-        loss, _ = ae_loss(ae, frame_batch(train, cfg.ae.batch_size, gen).to(dev), cfg.ae)
-        optimizer_step(loss, opt, sched, cfg.ae.grad_clip)
-        if step % cfg.eval_every == 0 or step == cfg.ae.steps:
-            validate(step, loss.item())
+        with prec.autocast():
+            loss, m = ae_loss(net, x.to(dev, non_blocking=True), cfg.ae, ae.background)
+        prec.step(loss, opt, sched, cfg.ae.grad_clip)
+        meter.add(len(x), loss=loss.detach(), mse=m["mse"])
+        if step % cfg.eval.log_every == 0 or step == cfg.ae.steps:
+            row = meter.row("ae", step, sched)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if run is not None:
+                run.log(row)
+        if step % cfg.eval.val_every == 0 or step == cfg.ae.steps:
+            vloss = validate(step)
+            if run is not None:
+                best = run.checkpoint(wm, "ae", step, opt, sched, vloss, best)
+            meter.t0 = time.perf_counter()  # throughput counts training, not validation
+        _die_at("ae", step)
     return wm.eval(), history
 
 
 @torch.no_grad()
 def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """uint8 (N, 84, 84) -> latents (N, D) with the frozen encoder."""
+    """uint8 (N, 84, 84) -> latents (N, D) with the frozen encoder (reads a memory-mapped array in chunks)."""
     wm.eval()
-    x = torch.from_numpy(frames)
-    return torch.cat([wm.ae.encode(x[i:i + batch_size].to(wm.device)) for i in range(0, len(x), batch_size)])
+    out = [wm.ae.encode(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(wm.device))
+           for i in range(0, len(frames), batch_size)]
+    return torch.cat(out)
 
 
-def pred_loss(p: Predictor, z: torch.Tensor, actions: torch.Tensor, unroll: int) -> torch.Tensor:
+def pred_loss(p: nn.Module, z: torch.Tensor, actions: torch.Tensor, unroll: int, kind: str = "mse",
+              delta: float = 1.0) -> torch.Tensor:
     """Open-loop latent error over `unroll` steps. z (B, K + U, D) normalised, actions (B, K + U) int."""
     K = p.context
     window, loss = z[:, :K], 0.0
     for u in range(unroll):
-        nxt = p(window, actions[:, u:u + K])                                # (B, D)
-        loss = loss + F.mse_loss(nxt, z[:, K + u])
+        nxt = p(window, actions[:, u:u + K]).float()                        # (B, D)
+        loss = loss + point_loss(nxt, z[:, K + u], kind, delta).mean()
         window = torch.cat([window[:, 1:], nxt[:, None]], 1)                 # feed the prediction back
     return loss / unroll
 
 
-def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData,
-                    progress: bool = True) -> tuple[WorldModel, list[dict]]:
+def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
+                    run: "Run | None" = None, resume: dict | None = None) -> tuple[WorldModel, list[dict]]:
     """Loop 2: fit the predictor on latents of the frozen encoder, on windows that never cross an episode end."""
-    torch.manual_seed(cfg.seed + 1)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    p, dev = wm.predictor, wm.device
+    torch.manual_seed(cfg.train.seed + 1)
+    p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
     for prm in wm.ae.parameters():
         prm.requires_grad_(False)
     z_train, z_val = encode_all(wm, train.frames), encode_all(wm, val.frames)  # (N, D)
     p.mean.copy_(z_train.mean(0))
     p.std.copy_(z_train.std(0) + 1e-6)
     z_train, z_val = p.normalize(z_train), p.normalize(z_val)
-    a_train, a_val = torch.from_numpy(train.actions).to(dev), torch.from_numpy(val.actions).to(dev)
-    L = cfg.model.context + cfg.pred.unroll
-    starts = train.starts(L)
-    if len(starts) == 0:
-        raise ValueError(f"no training episode holds {L} consecutive frames (context + unroll)")
-    vstarts = val.starts(L)
+    a_train, a_val = torch.from_numpy(np.asarray(train.actions)).to(dev), torch.from_numpy(np.asarray(val.actions)).to(dev)
+    starts, vstarts = train.starts(K + U), val.starts(K + U)
+    if len(starts) == 0 or len(vstarts) == 0:
+        raise ValueError(f"no {'training' if len(starts) == 0 else 'held-out'} episode holds {K + U} consecutive "
+                         f"frames (model.context + pred.unroll): use longer episodes or lower them")
     vwin = torch.from_numpy(vstarts[np.linspace(0, len(vstarts) - 1, min(512, len(vstarts))).astype(int), None]
-                            + np.arange(L)[None])
-    opt = torch.optim.AdamW(p.parameters(), lr=cfg.pred.lr, weight_decay=0.0)
-    sched = one_cycle(opt, cfg.pred.lr, cfg.pred.steps)
+                            + np.arange(K + U)[None])                                  # (V, K + U)
+    opt, sched = make_optimizer(cfg, "pred", p.parameters())
+    prec, net = Precision(cfg, dev), (torch.compile(p) if cfg.train.compile else p)
+    first, best = 1, float("inf")
+    if resume is not None:
+        first, best = _restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
+    vs = val.starts(K + 1)
+    vone = vs[np.linspace(0, len(vs) - 1, 8).astype(int)]                               # one-step picture starts
     history = []
 
-    def validate(step: int, loss: float) -> None:
+    def validate(step: int) -> float:
         p.eval()
         with torch.no_grad():
-            v1 = pred_loss(p, z_val[vwin], a_val[vwin], 1).item()
-            vu = pred_loss(p, z_val[vwin], a_val[vwin], cfg.pred.unroll).item()
-        history.append({"phase": "pred", "step": step, "loss": loss, "val_loss": vu, "val_1step": v1,
-                        "lr": sched.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{loss:.4f}", val=f"{vu:.4f}")
+            v1 = pred_loss(p, z_val[vwin], a_val[vwin], 1, cfg.pred.loss, cfg.pred.huber_delta).item()
+            vu = pred_loss(p, z_val[vwin], a_val[vwin], U, cfg.pred.loss, cfg.pred.huber_delta).item()
+            w = torch.from_numpy(vone[:, None] + np.arange(K)[None])                 # (8, K)
+            nxt = _to_uint8(wm.ae.decode(p.denormalize(p(z_val[w], a_val[w]))))      # teacher-forced next frames
+        real = np.asarray(val.frames[vone + K])
+        ok = object_agreement(real, nxt)
+        row = {"phase": "pred", "step": step, "val_loss": vu, "pred_1step": v1,
+               "pred_1step_mse": float(np.mean((nxt.astype(np.float32) - real) ** 2) / 255 ** 2),
+               **{f"pred_{k}": float(v.mean()) for k, v in ok.items()}}
+        history.append(row)
+        if run is not None:
+            run.log_val(row)
+            run.image(f"pred_step{step:06d}.png", strip(real, nxt))
+            s = val.starts(K + cfg.eval.video_frames)
+            if len(s):
+                s, H = int(s[0]), cfg.eval.video_frames
+                dream = wm.rollout(val.frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
+                run.video(f"pred_step{step:06d}", side_by_side(np.asarray(val.frames[s + K:s + K + H]), dream))
+        return vu
 
-    bar = tqdm(range(1, cfg.pred.steps + 1), desc="predictor", disable=not progress, mininterval=1.0)
-    validate(0, float("nan"))
+    if first == 1:
+        best = validate(0)
+    rows = range(first, cfg.pred.steps + 1)
+    bar = tqdm(rows, desc="predictor", disable=not progress, mininterval=1.0, initial=first - 1, total=cfg.pred.steps)
+    meter = Meter()
     for step in bar:
         p.train()
-        w = torch.from_numpy(window_batch(starts, L, cfg.pred.batch_size, gen))  # (B, K + U)
+        rng = step_rng(cfg, "pred", step)
+        w = torch.from_numpy(window_batch(starts, K + U, cfg.pred.batch_size, rng))    # (B, K + U)
         a = a_train[w]
         # As at the start of a dream, some windows do not know the actions before their last context frame.
-        unknown = torch.rand(len(a), 1, generator=gen) < cfg.pred.unknown_past_prob
-        a[:, :cfg.model.context - 1] = torch.where(unknown.to(dev), -1, a[:, :cfg.model.context - 1])
-        loss = pred_loss(p, z_train[w], a, cfg.pred.unroll)
-        optimizer_step(loss, opt, sched, cfg.pred.grad_clip)
-        if step % cfg.eval_every == 0 or step == cfg.pred.steps:
-            validate(step, loss.item())
+        unknown = torch.from_numpy(rng.random((len(a), 1)) < cfg.pred.unknown_past_prob).to(dev)
+        a[:, :K - 1] = torch.where(unknown, -1, a[:, :K - 1])
+        with prec.autocast():
+            loss = pred_loss(net, z_train[w], a, U, cfg.pred.loss, cfg.pred.huber_delta)
+        prec.step(loss, opt, sched, cfg.pred.grad_clip)
+        meter.add(len(w), loss=loss.detach())
+        if step % cfg.eval.log_every == 0 or step == cfg.pred.steps:
+            row = meter.row("pred", step, sched)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if run is not None:
+                run.log(row)
+        if step % cfg.eval.val_every == 0 or step == cfg.pred.steps:
+            vloss = validate(step)
+            if run is not None:
+                best = run.checkpoint(wm, "pred", step, opt, sched, vloss, best)
+            meter.t0 = time.perf_counter()  # throughput counts training, not validation
+        _die_at("pred", step)
     return wm.eval(), history
+
+
+class Meter:
+    """Averages of the training losses since the last log row, and the throughput (one .item() per row)."""
+
+    def __init__(self):
+        self.sums, self.n, self.samples, self.t0 = {}, 0, 0, time.perf_counter()
+
+    def add(self, samples: int, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n, self.samples = self.n + 1, self.samples + samples
+
+    def row(self, phase: str, step: int, sched) -> dict:
+        dt = time.perf_counter() - self.t0
+        row = {"phase": phase, "step": step, **{k: float(v) / self.n for k, v in self.sums.items()},
+               "lr": sched.get_last_lr()[0], "samples_per_s": self.samples / max(dt, 1e-9)}
+        self.__init__()
+        return row
+
+
+def _restore(ckpt: dict, phase: str, wm: WorldModel, opt, sched) -> int:
+    """Load model, optimizer, scheduler and RNG states from a training checkpoint; returns its step."""
+    wm.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    return int(ckpt["step"])
+
+
+def _die_at(phase: str, step: int) -> None:
+    """Crash-test hook: WM_DIE_AT=ae:30 kills the process (SIGKILL, no clean-up) after that step."""
+    if os.environ.get("WM_DIE_AT") == f"{phase}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+# ------------------------------------------------------------------------------------ run folder
+
+
+class Run:
+    """One run folder, laid out the same every time (drawn in the README):
+
+    runs/<timestamp>_<name>/  resolved_config.yaml  metrics.csv  val_metrics.csv  summary.json
+                              images/  videos/  checkpoints/{last,best}.pt
+    """
+
+    TRAIN_COLUMNS = ("phase", "step", "loss", "mse", "lr", "samples_per_s")
+    VAL_COLUMNS = ("phase", "step", "val_loss", "recon_mse", "recon_ball", "recon_player", "recon_opponent",
+                   "pred_1step", "pred_1step_mse", "pred_ball", "pred_player", "pred_opponent")
+
+    def __init__(self, cfg: Config, path: Path):
+        self.cfg, self.path = cfg, Path(path)
+        for sub in ("checkpoints", "images", "videos"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self.wandb = _start_wandb(cfg, self.path)
+
+    @classmethod
+    def create(cls, cfg: Config) -> "Run":
+        """A new folder runs/<timestamp>_<name>/ holding the resolved config; never reuses a folder."""
+        name = cfg.experiment.name or cfg.data.game.lower()
+        path = Path(cfg.experiment.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
+        while path.exists():
+            path = path.with_name(path.name + "_")
+        path.mkdir(parents=True)
+        OmegaConf.save(OmegaConf.structured(cfg), path / "resolved_config.yaml")
+        return cls(cfg, path)
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> tuple["Run", dict]:
+        """An existing run and its last checkpoint; metric rows written after that checkpoint are dropped
+        (the resumed run writes them again)."""
+        path = Path(path)
+        if not (path / "resolved_config.yaml").is_file():
+            raise FileNotFoundError(f"{path} is not a run folder (no resolved_config.yaml): give runs/<timestamp>_<game>")
+        cfg = make_config(yaml_path=str(path / "resolved_config.yaml"))
+        ckpt = read_checkpoint(path / "checkpoints" / "last.pt")
+        if "optimizer" not in ckpt:
+            raise ValueError(f"{path}/checkpoints/last.pt holds no training state: it cannot be resumed")
+        mismatch = _config_diff(asdict(cfg), ckpt["config"])
+        if mismatch:
+            raise ValueError(f"{path}/checkpoints/last.pt was written with another config ({mismatch}) than "
+                             f"{path}/resolved_config.yaml: restore the file or start a new run")
+        at = (PHASES.index(ckpt["phase"]), ckpt["step"])
+        for name in ("metrics.csv", "val_metrics.csv"):
+            f = path / name
+            if f.is_file():
+                with open(f, newline="") as fh:
+                    rows = list(csv.DictReader(fh))
+                keep = [r for r in rows if (PHASES.index(r["phase"]), int(r["step"])) <= at]
+                cols = cls.TRAIN_COLUMNS if name == "metrics.csv" else cls.VAL_COLUMNS
+                _write_csv_atomic(f, cols, keep)
+        return cls(cfg, path), ckpt
+
+    def _append(self, name: str, cols: tuple, row: dict) -> None:
+        f = self.path / name
+        new = not f.is_file()
+        with open(f, "a", newline="") as fh:
+            w = csv.DictWriter(fh, cols, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _global_step(self, row: dict) -> int:
+        return row["step"] + (self.cfg.ae.steps if row["phase"] == "pred" else 0)
+
+    def log(self, row: dict) -> None:
+        self._append("metrics.csv", self.TRAIN_COLUMNS, row)
+        self._wandb_log({f"{row['phase']}/train/{k}": v for k, v in row.items() if k not in ("phase", "step")}, row)
+
+    def log_val(self, row: dict) -> None:
+        self._append("val_metrics.csv", self.VAL_COLUMNS, row)
+        self._wandb_log({f"{row['phase']}/val/{k}": v for k, v in row.items() if k not in ("phase", "step")}, row)
+
+    def image(self, name: str, img: np.ndarray) -> None:
+        import imageio.v3 as iio
+        iio.imwrite(self.path / "images" / name, img)
+        if self.wandb is not None:
+            import wandb
+            self._wandb_log({f"images/{name.split('_step')[0]}": wandb.Image(str(self.path / "images" / name))})
+
+    def video(self, name: str, video: np.ndarray) -> None:
+        """uint8 (T, H, W) -> videos/<name>.gif, and .mp4 when imageio-ffmpeg is installed."""
+        gif = self.path / "videos" / f"{name}.gif"
+        save_gif(video, gif, self.cfg.eval.fps)
+        save_mp4(video, gif.with_suffix(".mp4"), self.cfg.eval.fps)
+        if self.wandb is not None:
+            import wandb
+            self._wandb_log({f"videos/{name.split('_step')[0]}": wandb.Video(str(gif), format="gif")})
+
+    def checkpoint(self, wm: WorldModel, phase: str, step: int, opt, sched, val_loss: float, best: float) -> float:
+        """last.pt (with everything needed to resume) at every validation; best.pt when the phase's
+        validation loss improves. Returns the best validation loss so far."""
+        best = min(best, val_loss)
+        state = dict(phase=phase, step=step, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                     rng={"torch": torch.get_rng_state()}, val_loss=val_loss, best=best)
+        wm.save(self.path / "checkpoints" / "last.pt", **state)
+        if val_loss <= best:
+            wm.save(self.path / "checkpoints" / "best.pt", **state)
+        return best
+
+    def _wandb_log(self, values: dict, row: dict | None = None) -> None:
+        if self.wandb is None:
+            return
+        try:
+            self.wandb.log(values, **({"step": self._global_step(row)} if row else {}))
+        except Exception as e:  # a tracker must never stop training
+            print(f"W&B: logging failed ({type(e).__name__}: {e}); training goes on without it", file=sys.stderr)
+            self.wandb = None
+
+    def finish(self, summary: dict) -> None:
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=1))
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            self.wandb.finish()
+
+
+def _start_wandb(cfg: Config, path: Path):
+    """A W&B run when experiment.wandb.mode asks for one; if it cannot start, say so once and go on."""
+    w = cfg.experiment.wandb
+    if w.mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("W&B: the wandb package is not installed (pip install wandb); training goes on without it", file=sys.stderr)
+        return None
+    try:
+        return wandb.init(project=w.project, entity=w.entity, name=path.name, dir=str(path), mode=w.mode,
+                          config=asdict(cfg), settings=wandb.Settings(init_timeout=60, silent=True))
+    except Exception as e:
+        print(f"W&B: could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); training goes on without it",
+              file=sys.stderr)
+        return None
+
+
+def _write_csv_atomic(path: Path, cols: tuple, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> str:
+    """The first few keys whose values differ between two config dicts, as 'key: a vs b'."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = _config_diff(va, vb, f"{prefix}{k}.")
+            out += [sub] if sub else []
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} vs {vb!r}")
+    return "; ".join(out[:3])
 
 # ------------------------------------------------------------------------------------ evaluation and pictures
 
+
 def upscale(frames: np.ndarray, s: int = 3) -> np.ndarray:
     return frames.repeat(s, -2).repeat(s, -1)
+
+
+def strip(top: np.ndarray, bottom: np.ndarray, s: int = 3) -> np.ndarray:
+    """uint8 (N, 84, 84) x 2 -> one uint8 image: `top` frames in a row above `bottom`, upscaled, white gaps."""
+    n, g = len(top), 4
+    img = np.full((2 * 84 * s + g, n * (84 * s + g) - g), 255, np.uint8)
+    for i in range(n):
+        x = i * (84 * s + g)
+        img[:84 * s, x:x + 84 * s] = upscale(top[i], s)
+        img[84 * s + g:, x:x + 84 * s] = upscale(bottom[i], s)
+    return img
 
 
 def save_recon_png(real: np.ndarray, recon: np.ndarray, path: str | Path) -> None:
@@ -539,50 +994,45 @@ def save_gif(video: np.ndarray, path: str | Path, fps: int) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, video, extension=".gif", duration=1000.0 / fps, loop=0)
 
-# ------------------------------------------------------------------------------------ command line
 
-
-def load_data(cfg: Config) -> tuple[FrameData, FrameData]:
-    d = cfg.data
-    return (record(d.game, d.train_steps, d.seed, d.policy), record(d.game, d.val_steps, d.val_seed, d.policy))
-
-
-def new_run_dir(cfg: Config) -> Path:
-    """runs/<timestamp>_<game>/ with checkpoints/ and the resolved config; never reuses a folder."""
-    run_dir = Path(cfg.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.data.game.lower()}"
-    while run_dir.exists():
-        run_dir = run_dir.with_name(run_dir.name + "_")
-    (run_dir / "checkpoints").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "resolved_config.yaml")
-    return run_dir
+def save_mp4(video: np.ndarray, path: str | Path, fps: int) -> bool:
+    """MP4 next to a GIF when imageio-ffmpeg is installed (optional); returns whether it was written."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    import imageio.v3 as iio
+    h, w = (d - d % 16 for d in video.shape[1:3])  # H.264 wants sizes divisible by 16 (macro blocks)
+    iio.imwrite(path, video[:, :h, :w], extension=".mp4", fps=fps, codec="libx264", plugin="FFMPEG")
+    return True
 
 
 def evaluate(cfg: Config, wm: WorldModel, val: FrameData, write_assets: bool = True) -> dict:
     """Held-out figures (reconstruction MSE, object agreement, dream tracking) and the two assets."""
-    recon = wm.reconstruct(val.frames)
-    mse = float(np.mean((recon.astype(np.float32) - val.frames.astype(np.float32)) ** 2) / 255 ** 2)
-    ok = object_agreement(val.frames, recon)
-    has_ball = probe(val.frames)["ball"]
+    frames = np.asarray(val.frames)
+    recon = wm.reconstruct(frames)
+    mse = float(np.mean((recon.astype(np.float32) - frames.astype(np.float32)) ** 2) / 255 ** 2)
+    ok = object_agreement(frames, recon)
+    has_ball = probe(frames)["ball"]
     # Dream from the first held-out window long enough, with the actions the player took there.
-    K, H = cfg.model.context, cfg.rollout_frames
+    K, H = wm.context, cfg.eval.rollout_frames
     s = val.starts(K + H)
     if len(s) == 0:
-        raise ValueError(f"no held-out episode holds {K + H} frames: raise data.val_steps or lower rollout_frames")
+        raise ValueError(f"no held-out episode holds {K + H} frames: raise data.val_steps or lower eval.rollout_frames")
     s = int(s[0])
-    dream = wm.rollout(val.frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
-    real = val.frames[s + K:s + K + H]
+    dream = wm.rollout(frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
+    real = frames[s + K:s + K + H]
     if write_assets:
         pick = np.flatnonzero(has_ball)
         pick = pick[np.linspace(0, len(pick) - 1, 8).astype(int)] if len(pick) >= 8 else np.arange(min(8, len(val)))
-        save_recon_png(val.frames[pick], recon[pick], Path(cfg.assets_dir) / "real_vs_recon.png")
-        save_gif(side_by_side(real, dream), Path(cfg.assets_dir) / "pong_fake.gif", cfg.fps)
+        save_recon_png(frames[pick], recon[pick], Path(cfg.experiment.assets_dir) / "real_vs_recon.png")
+        save_gif(side_by_side(real, dream), Path(cfg.experiment.assets_dir) / "pong_fake.gif", cfg.eval.fps)
     return {
         "val_frames": len(val), "val_recon_mse": mse,
         "recon_ball": float(ok["ball"].mean()),
         "recon_ball_present": float(ok["ball"][has_ball].mean()) if has_ball.any() else float("nan"),
         "recon_player": float(ok["player"].mean()), "recon_opponent": float(ok["opponent"].mean()),
     } | dream_figures(wm, val)
-
 
 def dream_figures(wm: WorldModel, data: FrameData, horizon: int = 30, every: int = 25) -> dict:
     """Open-loop dreams from many start points (every `every` frames) against the real continuation,
@@ -610,29 +1060,440 @@ def dream_figures(wm: WorldModel, data: FrameData, horizon: int = 30, every: int
         out[f"{name}_ball_tracked_median"] = float(np.median([np.argmin(np.append(o["ball"], False)) for o in ok]))
     return out
 
+# ------------------------------------------------------------------------------------ play
 
-def run(cfg: Config, progress: bool = True) -> dict:
-    """The whole pipeline: record, train both loops, measure on held-out episodes, write the assets."""
+# UI names -> the ALE action meaning each stands for, first match wins (Pong's paddle moves up on RIGHT).
+CONTROLS = {"Up": ("UP", "RIGHT"), "Down": ("DOWN", "LEFT"), "Stay": ("NOOP",), "Fire": ("FIRE",)}
+
+
+def _controls(meanings: list[str]) -> dict[str, int]:
+    """UI name -> ALE action id, from the environment's get_action_meanings()."""
+    out = {}
+    for name, wanted in CONTROLS.items():
+        hit = [meanings.index(m) for m in wanted if m in meanings]
+        if hit:
+            out[name] = hit[0]
+    return out
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one thread inside: a batch-1 step is too small to split, and on a busy CPU waiting for the
+    second thread dominates (decode measured 1 ms on one thread; on two, median 9 ms, 90th percentile 190 ms)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+class PlaySession:
+    """A dream the player steers one action at a time, optionally beside the real game fed the same actions.
+
+    It starts from K real frames: a fresh emulator (seeded; K - 1 NOOPs after reset fill the
+    context) or frames[start : start + K] of a recording. The dream keeps its window of K latents
+    and the actions taken at them, so a step costs one predictor call and one decode.
+    History for export: dream_frames[t], real_frames[t] (None without a real game), and
+    actions_taken[t - 1], the action that led to frame t; frame 0 is the last context frame.
+    """
+
+    def __init__(self, wm: WorldModel, real: bool = True, seed: int = 0, data: FrameData | None = None,
+                 start: int = 0):
+        if data is not None and real:
+            raise ValueError("a recording cannot be replayed with other actions: use real=False with data=")
+        self.wm, self.K = wm.eval(), wm.context
+        self.has_real, self.seed, self.data, self.start = real, seed, data, start
+        self.env = make_env(wm.game)  # its action meanings name the controls; it plays the real game, if any
+        self.controls = _controls(self.env.unwrapped.get_action_meanings())
+        if int(self.env.action_space.n) != wm.num_actions:
+            raise ValueError(f"the model has {wm.num_actions} actions, {wm.game}'s emulator {self.env.action_space.n}")
+        if data is not None:
+            self.close()
+        self.reset()
+
+    # -- state
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Restart everything (the real game too, from `seed` or the session's seed); returns frame 0."""
+        self.seed = self.seed if seed is None else seed
+        self.dream_frames, self.real_frames, self.actions_taken, self.resyncs = [], [], [], []
+        if self.data is not None:
+            d, s, K = self.data, int(self.start), self.K
+            if not (0 <= s and s + K <= len(d) and d.episode[s] == d.episode[s + K - 1]):
+                raise ValueError(f"frames[{s}:{s + K}] of the recording cross an episode end or run past it")
+            ctx, ctx_actions = np.asarray(d.frames[s:s + K]), np.asarray(d.actions[s:s + K - 1], np.int64)
+        else:
+            ctx, ctx_actions = self._start_real()
+        self._restart(ctx, ctx_actions)
+        return self.frame
+
+    def _start_real(self, seeded: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(Re)open the emulator and take K - 1 NOOPs: the K frames and the K - 1 actions at the first K - 1."""
+        if self.env is None:
+            self.env = make_env(self.wm.game)
+        obs, _ = self.env.reset(seed=self.seed if seeded else None)  # unseeded: the emulator's RNG goes on
+        frames, noop = [obs], self.controls["Stay"]
+        for _ in range(self.K - 1):
+            frames.append(self.env.step(noop)[0])
+        self._real_ctx, self._real_acts = frames, [noop] * (self.K - 1)
+        if not self.has_real:  # the emulator only supplied the start
+            self.env.close()
+            self.env = None
+        return np.stack(frames), np.array(self._real_acts, np.int64)
+
+    @torch.no_grad()
+    def _restart(self, context: np.ndarray, context_actions: np.ndarray) -> None:
+        """Dream from these K real frames: encode them once; the next steps only predict and decode."""
+        self.context = np.ascontiguousarray(context)                              # uint8 (K, 84, 84)
+        p = self.wm.predictor
+        with _one_thread():
+            z = self.wm.ae.encode(torch.from_numpy(self.context).to(self.wm.device))  # (K, D)
+        self._z = p.normalize(z)[None]                                            # (1, K, D)
+        self._past = torch.as_tensor(context_actions, dtype=torch.long).view(1, self.K - 1).to(self.wm.device)
+        self.frame = self.context[-1]
+        self.real_frame = self.context[-1] if self.has_real else None
+        self.resyncs.append(len(self.dream_frames))
+        self.dream_frames.append(self.frame)
+        self.real_frames.append(self.real_frame)
+        if len(self.dream_frames) > 1:  # a restart mid-session: the frame it shows follows no action
+            self.actions_taken.append(-1)
+
+    @property
+    def t(self) -> int:
+        """Frames shown since the start (0 before the first step)."""
+        return len(self.dream_frames) - 1
+
+    def action(self, a: int | str) -> int:
+        """'Up' / 'Down' / 'Stay' / 'Fire' or an ALE action id -> the id, checked."""
+        if isinstance(a, str):
+            if a not in self.controls:
+                raise ValueError(f"unknown control {a!r}; available: {', '.join(self.controls)}")
+            return self.controls[a]
+        if not 0 <= int(a) < self.wm.num_actions:
+            raise ValueError(f"action {a} outside [0, {self.wm.num_actions})")
+        return int(a)
+
+    # -- play
+    @torch.no_grad()
+    def step(self, action: int | str) -> np.ndarray:
+        """Dream one step with `action` (the real game, if any, takes it too): uint8 (84, 84)."""
+        a = self.action(action)
+        p, wm = self.wm.predictor, self.wm
+        acts = torch.cat([self._past, torch.tensor([[a]], device=wm.device)], 1)  # (1, K): action at each latent
+        with _one_thread():
+            nxt = p(self._z, acts)                                                 # (1, D) normalised
+            self.frame = _to_uint8(wm.ae.decode(p.denormalize(nxt)))[0]           # (84, 84)
+        self._z = torch.cat([self._z[:, 1:], nxt[:, None]], 1)                    # slide the window
+        self._past = acts[:, 1:]
+        self.dream_frames.append(self.frame)
+        self.actions_taken.append(a)
+        if self.has_real:
+            obs, _, terminated, truncated, _ = self.env.step(a)
+            self._real_ctx = self._real_ctx[1:] + [obs]
+            self._real_acts = (self._real_acts + [a])[1:] if self.K > 1 else []  # at the first K - 1 of _real_ctx
+            self.real_frame = obs
+            self.real_frames.append(obs)
+            if terminated or truncated:  # a match is over: a new one, and the dream restarts from it
+                self._restart(*self._start_real(seeded=False))
+        else:
+            self.real_frames.append(None)
+        return self.frame
+
+    def resync(self) -> np.ndarray:
+        """Restart the dream from the real game's last K frames (and the actions taken at them)."""
+        if not self.has_real:
+            raise RuntimeError("resync needs the real game: PlaySession(wm, real=True)")
+        self._restart(np.stack(self._real_ctx), np.array(self._real_acts, np.int64))
+        return self.frame
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    # -- pictures
+    def render(self, scale: int = 3, t: int | None = None) -> np.ndarray:
+        """Frame t (default: the current one) as uint8 (84s, W): dream | real | |difference|, labelled."""
+        t = self.t if t is None else t
+        return compose(self.dream_frames[t], self.real_frames[t], scale, f"dream t={t}", resync=t in self.resyncs)
+
+    def save_gif(self, path: str | Path, fps: int = 15, scale: int = 3) -> Path:
+        """The whole session as a GIF (one frame per step, frame 0 included)."""
+        save_gif(np.stack([self.render(scale, t) for t in range(self.t + 1)]), path, fps)
+        return Path(path)
+
+
+def compose(dream: np.ndarray, real: np.ndarray | None, scale: int = 3, label: str = "dream",
+            resync: bool = False) -> np.ndarray:
+    """uint8 (84, 84) x 2 -> uint8 (84s, 3 * 84s + 8): dream | real | |dream - real|; dream alone without real."""
+    from PIL import Image, ImageDraw
+    panels, names = [dream], [label + ("  (real start)" if resync else "")]
+    if real is not None:
+        diff = np.abs(dream.astype(np.int16) - real.astype(np.int16)).astype(np.uint8)
+        panels, names = [dream, real, diff], names + ["real", "|difference|"]
+    gap = np.full((84 * scale, 4), 255, np.uint8)
+    parts = []
+    for p in panels:
+        parts += [upscale(p, scale), gap]
+    img = Image.fromarray(np.concatenate(parts[:-1], 1))
+    d = ImageDraw.Draw(img)
+    for i, name in enumerate(names):
+        d.text((i * (84 * scale + 4) + 4, 2), name, fill=255)
+    return np.asarray(img)
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="png", compress_level=1)  # fast; the frames are flat greys
+    return buf.getvalue()
+
+
+def latest_checkpoint(out_dir: str | Path = "runs") -> Path:
+    """The newest run's checkpoints/last.pt under out_dir: the run the notebook or the CLI just finished."""
+    found = sorted(Path(out_dir).glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {out_dir}: train one first (python world_model.py)")
+    return found[-1]
+
+
+def _model(model: WorldModel | str | Path) -> WorldModel:
+    return model if isinstance(model, WorldModel) else WorldModel.load(model)
+
+
+def play_widget(model: WorldModel | str | Path, real: bool = True, scale: int = 3, fps: int = 15, seed: int = 0,
+                gif_path: str | Path = "play.gif"):
+    """A notebook player (core ipywidgets, 7.x or 8.x, so Colab works): returns the widget box.
+
+    Buttons set the held action and, while paused, step once; the Play ticker steps at `fps`
+    with the held action. Ticks come from the browser (ipywidgets.Play), not from a kernel
+    thread: Colab does not show widget updates made from background threads.
+    box.session, box.buttons and box.ticker are there for scripts and tests.
+    """
+    import ipywidgets as w
+    s = PlaySession(_model(model), real=real, seed=seed)
+    held = {"name": "Stay"}
+    image = w.Image(value=_png(s.render(scale)), format="png")
+    status = w.Label(f"t=0  {'dream | real game | |difference|' if real else 'dream'}: press a button or run")
+    log = w.Output()  # exceptions raised in callbacks show here
+
+    def show(note: str) -> None:
+        image.value = _png(s.render(scale))
+        status.value = f"t={s.t}  action={held['name']}  {note}"
+
+    def advance() -> None:
+        t0 = time.perf_counter()
+        s.step(held["name"])
+        png = _png(s.render(scale))
+        ms = 1000 * (time.perf_counter() - t0)
+        image.value = png
+        status.value = f"t={s.t}  action={held['name']}  {ms:.1f} ms/step"
+
+    # Ticks come from the browser: Play's timer runs in the frontend and each tick sets `value`.
+    ticker = w.Play(value=0, min=0, max=10 ** 9, step=1, interval=round(1000 / fps), description="run",
+                    show_repeat=False)
+    rate = w.IntSlider(value=fps, min=1, max=30, description="fps")
+
+    def playing() -> bool:  # the trait is '_playing' in ipywidgets 7 (Colab's preinstalled version)
+        return bool(getattr(ticker, "playing", getattr(ticker, "_playing", False)))
+
+    @log.capture()
+    def on_tick(change) -> None:
+        if change["new"] > change["old"]:  # the stop button rewinds the value: no step
+            advance()
+
+    def control(name: str):
+        @log.capture()
+        def on_click(_) -> None:
+            held["name"] = name
+            advance() if not playing() else show("")
+        return on_click
+
+    @log.capture()
+    def on_resync(_) -> None:
+        s.resync()
+        show("dream restarted from the real game")
+
+    @log.capture()
+    def on_reset(_) -> None:
+        s.reset()
+        show("restarted")
+
+    @log.capture()
+    def on_save(_) -> None:
+        show(f"saved {s.save_gif(gif_path, rate.value)} ({s.t + 1} frames)")
+
+    buttons = {n: w.Button(description=n, layout=w.Layout(width="70px")) for n in ("Up", "Down", "Stay", "Fire")}
+    for n, b in buttons.items():
+        b.on_click(control(n))
+    extra = {"Resync": w.Button(description="Resync", disabled=not real), "Reset": w.Button(description="Reset"),
+             "Save GIF": w.Button(description="Save GIF")}
+    for b, fn in zip(extra.values(), (on_resync, on_reset, on_save)):
+        b.on_click(fn)
+    buttons.update(extra)
+    ticker.observe(on_tick, "value")
+    rate.observe(lambda ch: setattr(ticker, "interval", round(1000 / ch["new"])), "value")
+    box = w.VBox([image, status, w.HBox([buttons[n] for n in ("Up", "Down", "Stay", "Fire")]),
+                  w.HBox([ticker, rate]), w.HBox(list(extra.values())), log])
+    box.session, box.buttons, box.ticker = s, buttons, ticker
+    return box
+
+
+def _no_display(why: str) -> int:
+    print(f"play: no display ({why}): use the notebook's play cell, or a virtual display: "
+          f"xvfb-run -a python world_model.py play --checkpoint ...", file=sys.stderr)
+    return 1
+
+
+def play_desktop(checkpoint: str | Path, real: bool = True, fps: int = 15, seed: int = 0, scale: int = 3,
+                 max_steps: int | None = None, gif: str | Path | None = None) -> int:
+    """A matplotlib window: hold Up/Down arrows to move, space = Fire, R = resync, Esc = quit.
+
+    A tap counts for at least one step. Ends on Esc, on closing the window or after max_steps;
+    prints one summary line; writes the session to `gif` if given. Returns 0, or 1 (and one line
+    on stderr) where no window can open.
+    """
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return _no_display("DISPLAY is not set")
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.backends import BackendFilter, backend_registry
+    s = PlaySession(WorldModel.load(checkpoint), real=real, seed=seed)
+    img = s.render(scale)
+    try:
+        if matplotlib.get_backend().lower() not in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
+            plt.switch_backend("TkAgg")  # Agg was chosen earlier in this process (e.g. by save_recon_png)
+        with plt.rc_context({"toolbar": "None"}):
+            fig = plt.figure(figsize=(img.shape[1] / 100, img.shape[0] / 100), dpi=100)  # one pixel per pixel
+    except Exception as e:  # Tk's "couldn't connect to display", a missing GUI toolkit, ...
+        s.close()
+        return _no_display(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no window'}")
+    fig.canvas.manager.set_window_title("Neural-Atari Regen: play")
+    fig.canvas.mpl_disconnect(fig.canvas.manager.key_press_handler_id)  # 'r' would reset the view, 'q' quit, ...
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    im = ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    keys = {"up": "Up", "down": "Down", " ": "Fire"}
+    state = {"held": "Stay", "tap": None, "ms": []}
+
+    def key(e) -> str:
+        return (e.key or "").split("+")[-1].lower()
+
+    def on_press(e) -> None:
+        if key(e) in keys:
+            state["held"] = state["tap"] = keys[key(e)]
+        elif key(e) == "r" and s.has_real:
+            s.resync()
+        elif key(e) == "escape":
+            plt.close(fig)
+
+    def on_release(e) -> None:
+        if keys.get(key(e)) == state["held"]:
+            state["held"] = "Stay"
+
+    def tick() -> None:
+        t0 = time.perf_counter()
+        s.step(state["tap"] or state["held"])
+        state["tap"] = None
+        frame = s.render(scale)
+        im.set_data(frame)  # what a full redraw (expose, resize) shows
+        # Matplotlib's image resampling costs 6-25 ms a frame here; at one pixel per pixel, writing the
+        # frame into the canvas's own RGBA buffer and blitting costs well under 1 ms.
+        buf = np.asarray(fig.canvas.get_renderer().buffer_rgba())  # (H, W, 4) view of the canvas
+        if buf.shape[:2] == frame.shape:
+            buf[..., :3] = frame[..., None]
+            fig.canvas.blit(fig.bbox)
+        else:  # a resized window, or Tk's pixel ratio (fig.dpi) is not 1: matplotlib scales
+            if not state.get("fitted"):  # once: one canvas pixel per frame pixel
+                state["fitted"] = True
+                fig.set_size_inches((frame.shape[1] + 0.5) / fig.dpi, (frame.shape[0] + 0.5) / fig.dpi)
+            fig.canvas.draw()
+        state["ms"].append(1000 * (time.perf_counter() - t0))
+        if max_steps is not None and s.t >= max_steps:
+            timer.stop()
+            plt.close(fig)
+
+    for name, fn in (("key_press_event", on_press), ("key_release_event", on_release)):
+        fig.canvas.mpl_connect(name, fn)
+    timer = fig.canvas.new_timer(interval=max(1, round(1000 / fps)))
+    timer.add_callback(tick)
+    timer.start()
+    plt.show()
+    timer.stop()
+    counts = {n: sum(a == i for a in s.actions_taken) for n, i in s.controls.items()}
+    print(f"played {s.t} steps, {np.median(state['ms']) if state['ms'] else float('nan'):.1f} ms/step (median, "
+          f"with drawing): " + " ".join(f"{n} {c}" for n, c in counts.items()))
+    if gif:
+        print(f"wrote {s.save_gif(gif, fps, scale)}")
+    s.close()
+    return 0
+
+
+def bench_play(wm: WorldModel, steps: int = 200, real: bool = True, scale: int = 3) -> dict:
+    """Median milliseconds per step over `steps` steps of an Up/Down/Stay script: the dream alone
+    (predict + decode), with the real game, and with the notebook's drawing (compose + PNG)."""
+    s = PlaySession(wm, real=real)
+    script = np.tile([2, 2, 3, 3, 0], steps // 5 + 1)[:steps]
+    step_ms, draw_ms = [], []
+    for a in script:
+        t0 = time.perf_counter()
+        s.step(int(a))
+        t1 = time.perf_counter()
+        _png(s.render(scale))
+        t2 = time.perf_counter()
+        step_ms.append(1000 * (t1 - t0)), draw_ms.append(1000 * (t2 - t1))
+    s.close()
+    step_ms, draw_ms = np.array(step_ms), np.array(draw_ms)
+    total = step_ms + draw_ms
+    return {"steps": steps, "real": real, "step_ms": float(np.median(step_ms)), "draw_ms": float(np.median(draw_ms)),
+            "total_ms": float(np.median(total)), "total_p90_ms": float(np.percentile(total, 90))}
+
+# ------------------------------------------------------------------------------------ command line
+
+
+def load_data(cfg: Config) -> tuple[FrameData, FrameData]:
+    """(train, held-out) by data.source: recorded now from ALE with two seeds, or a dataset split by whole episodes."""
+    d = cfg.data
+    if d.source == "ale":
+        return record(d.game, d.train_steps, d.seed, d.policy), record(d.game, d.val_steps, d.val_seed, d.policy)
+    from data.d4rl_frames import load_source, split_episodes
+    return split_episodes(load_source(d.source, game=d.game), d.val_fraction)
+
+
+def run(cfg: Config, progress: bool = True, resume: str | Path | None = None) -> dict:
+    """The whole pipeline: data, both loops, held-out figures, the assets. `resume`: a run folder to continue."""
     times, t0 = {}, time.perf_counter()
+    ckpt = None
+    if resume is not None:
+        run_, ckpt = Run.reopen(resume)
+        cfg = run_.cfg
     train, val = load_data(cfg)
+    if ckpt is not None and ckpt["num_actions"] != train.num_actions:
+        raise ValueError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
+                         f"{train.game} has {train.num_actions}: a model only trains on its own game's action set")
     times["data"] = time.perf_counter() - t0
-    run_dir = new_run_dir(cfg)
+    if ckpt is None:
+        run_ = Run.create(cfg)
     t = time.perf_counter()
-    wm, ae_hist = train_autoencoder(cfg, train, val, progress=progress)
+    ae_hist = []
+    if ckpt is None or ckpt["phase"] == "ae":
+        wm, ae_hist = train_autoencoder(cfg, train, val, progress=progress, run=run_, resume=ckpt)
+        ckpt = None
+    else:
+        wm = WorldModel.from_checkpoint(ckpt).to(train_device(cfg))
     times["autoencoder"] = time.perf_counter() - t
     t = time.perf_counter()
-    wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress)
+    wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run_, resume=ckpt)
     times["predictor"] = time.perf_counter() - t
-    wm.save(run_dir / "checkpoints" / "last.pt", step={"ae": cfg.ae.steps, "pred": cfg.pred.steps})
     t = time.perf_counter()
     summary = evaluate(cfg, wm, val)
     times["eval+assets"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
-    summary.update(run_dir=str(run_dir), times_s=times, val_pred_1step=pred_hist[-1]["val_1step"],
-                   train_frames=len(train), train_episodes=int(train.episode[-1] + 1),
-                   ae_history=ae_hist, pred_history=pred_hist)
-    (run_dir / "summary.json").write_text(json.dumps(
-        {k: v for k, v in summary.items() if not k.endswith("_history")}, indent=1))
+    summary.update(run_dir=str(run_.path), times_s=times,
+                   val_pred_1step=pred_hist[-1]["pred_1step"] if pred_hist else float("nan"),
+                   train_frames=len(train), train_episodes=len(train.episode_slices()))
+    run_.finish(summary)
+    summary.update(ae_history=ae_hist, pred_history=pred_hist)
     if progress:
         print_summary(summary)
     return summary
@@ -644,7 +1505,7 @@ def print_summary(s: dict) -> None:
     print(f"data              {t['data']:6.1f} s  {s['train_frames']} training frames ({s['train_episodes']} episodes), "
           f"{s['val_frames']} held-out frames from other episodes")
     print(f"autoencoder       {t['autoencoder']:6.1f} s  held-out reconstruction MSE {s['val_recon_mse']:.5f}")
-    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step latent MSE {s['val_pred_1step']:.4f} (normalised)")
+    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step latent error {s['val_pred_1step']:.4f} (normalised)")
     print(f"eval + assets     {t['eval+assets']:6.1f} s  total {t['total']:.1f} s")
     print(f"held-out objects  ball {100 * s['recon_ball']:.1f} %  (on frames with a ball {100 * s['recon_ball_present']:.1f} %)"
           f"  player paddle {100 * s['recon_player']:.1f} %  opponent paddle {100 * s['recon_opponent']:.1f} %")
@@ -655,18 +1516,55 @@ def print_summary(s: dict) -> None:
               f"  MSE {s[name + '_mse']:.5f}")
 
 
+def play_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="world_model.py play", description="play Pong inside the world model: "
+                                 "arrow keys move, space fires, R resyncs the dream with the real game, Esc quits")
+    ap.add_argument("--checkpoint", help="a checkpoint (default: the newest runs/*/checkpoints/last.pt)")
+    ap.add_argument("--out_dir", default="runs", help="where to look for the newest run (default: runs)")
+    ap.add_argument("--no-real", action="store_true", help="the dream alone, no real game beside it")
+    ap.add_argument("--fps", type=int, default=15, help="steps per second (default 15, Pong's agent rate)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the real game")
+    ap.add_argument("--bench", action="store_true", help="print milliseconds per step instead of opening a window")
+    args = ap.parse_args(argv)
+    ckpt = args.checkpoint or latest_checkpoint(args.out_dir)
+    if args.bench:
+        print(json.dumps(bench_play(WorldModel.load(ckpt), real=not args.no_real)))
+        return 0
+    return play_desktop(ckpt, real=not args.no_real, fps=args.fps, seed=args.seed)
+
+
+COMMANDS = {"play": play_main}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        try:
+            return COMMANDS[argv[0]](argv[1:])
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 epilog="overrides: dot-notation keys of Config, e.g. ae.steps=1000 data.game=Pong")
+                                 epilog="overrides: dot-notation keys of Config, e.g. ae.steps=1000 data.game=Pong. "
+                                 "Other commands: python world_model.py play --help")
     ap.add_argument("--config", help="YAML file merged into the defaults before the overrides")
+    ap.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint")
     ap.add_argument("overrides", nargs="*", help="key=value pairs")
     args = ap.parse_args(argv)
     try:
-        cfg = make_config(args.overrides, args.config)
-        run(cfg)
+        if args.resume:
+            if args.overrides or args.config:
+                raise ValueError("--resume takes no --config or overrides: a run continues with its own resolved_config.yaml")
+            run(make_config(), resume=args.resume)
+        else:
+            run(make_config(args.overrides, args.config))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with python world_model.py --resume <run folder> (it restarts from the last "
+              "checkpoint, written at every validation)", file=sys.stderr)
+        return 130
     return 0
 
 

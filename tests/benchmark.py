@@ -49,7 +49,8 @@ def main() -> None:
     overrides = sys.argv[1:]
     cfg = W.make_config(overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "world_model.py"), *overrides, f"out_dir={tmp}/runs", f"assets_dir={tmp}/assets"]
+        cmd = [sys.executable, str(ROOT / "world_model.py"), *overrides, f"experiment.out_dir={tmp}/runs",
+               f"experiment.assets_dir={tmp}/assets"]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - t0

@@ -25,7 +25,7 @@ def val_data():
 @pytest.fixture(scope="session")
 def tiny_cfg(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return W.make_config(list(W.SMALL_BUDGET) + [f"out_dir={out}/runs", f"assets_dir={out}/assets"])
+    return W.make_config(list(W.SMALL_BUDGET) + [f"experiment.out_dir={out}/runs", f"experiment.assets_dir={out}/assets"])
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from conftest import ROOT
 
 def test_cli_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "world_model.py", *W.SMALL_BUDGET, f"out_dir={out}/runs", f"assets_dir={out}/assets"]
+    cmd = [sys.executable, "world_model.py", *W.SMALL_BUDGET, f"experiment.out_dir={out}/runs",
+           f"experiment.assets_dir={out}/assets"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "held-out objects" in res.stdout and "autoencoder" in res.stdout
@@ -21,7 +22,20 @@ def test_cli_runs_the_whole_pipeline(tmp_path):
     gif = iio.imread(out / "assets" / "pong_fake.gif", index=None)
     assert gif.shape[0] == 20                                      # rollout_frames of the small budget
     (run,) = (out / "runs").iterdir()
-    assert (run / "resolved_config.yaml").is_file()
+    assert (run / "resolved_config.yaml").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    # The run folder of the README: metrics every log_every steps, a validation row (with pictures) every val_every.
+    import csv
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [(r["phase"], int(r["step"])) for r in rows] == [(p, s) for p in ("ae", "pred") for s in (10, 20, 30, 40)]
+    assert all(float(r["loss"]) > 0 and float(r["samples_per_s"]) > 0 and float(r["lr"]) >= 0 for r in rows)
+    val = list(csv.DictReader(open(run / "val_metrics.csv")))
+    assert [(r["phase"], int(r["step"])) for r in val] == [(p, s) for p in ("ae", "pred") for s in (0, 20, 40)]
+    assert all(0 <= float(r["recon_ball"]) <= 1 for r in val[:3]) and all(float(r["pred_1step"]) > 0 for r in val[3:])
+    assert sorted(f.name for f in (run / "images").iterdir()) == sorted(
+        f"{p}_step{s:06d}.png" for p in ("ae", "pred") for s in (0, 20, 40))
+    gifs = sorted((run / "videos").glob("*.gif"))
+    assert [g.name for g in gifs] == [f"pred_step{s:06d}.gif" for s in (0, 20, 40)]
+    assert iio.imread(gifs[-1], index=None).shape[0] == 20            # eval.video_frames of the small budget
     wm = W.WorldModel.load(run / "checkpoints" / "last.pt")
     assert wm.cfg.ae.steps == 40 and wm.cfg.model.width == 16
     frames = np.zeros((wm.context, 84, 84), np.uint8) + 87
@@ -29,7 +43,7 @@ def test_cli_runs_the_whole_pipeline(tmp_path):
 
 
 def test_cli_bad_override_is_one_line_and_nonzero(tmp_path):
-    res = subprocess.run([sys.executable, "world_model.py", "ae.stepz=3", f"out_dir={tmp_path}/runs"],
+    res = subprocess.run([sys.executable, "world_model.py", "ae.stepz=3", f"experiment.out_dir={tmp_path}/runs"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "stepz" in res.stderr
@@ -40,7 +54,7 @@ def test_notebook_executes_end_to_end(tmp_path):
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(ROOT / "train.ipynb", as_version=4)
-    env = {"WM_SMOKE": "1", "WM_OVERRIDES": f"out_dir={tmp_path}/runs assets_dir={tmp_path}/assets"}
+    env = {"WM_SMOKE": "1", "WM_OVERRIDES": f"experiment.out_dir={tmp_path}/runs experiment.assets_dir={tmp_path}/assets"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

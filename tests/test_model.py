@@ -39,7 +39,7 @@ def test_windows_never_cross_an_episode_boundary():
     d = FrameData(np.zeros((n, 84, 84), np.uint8), np.zeros(n, np.int64), ep, None, "Pong", 6)
     starts = d.starts(5)
     assert len(starts) == (10 - 4) + (7 - 4) + (9 - 4)
-    w = W.window_batch(starts, 5, 1000, torch.Generator().manual_seed(0))  # (1000, 5)
+    w = W.window_batch(starts, 5, 1000, np.random.default_rng(0))  # (1000, 5)
     assert w.shape == (1000, 5)
     assert np.all(ep[w] == ep[w[:, :1]])                        # every window inside one episode
     assert np.all(np.diff(w, axis=1) == 1)                      # truly consecutive frames
@@ -98,6 +98,14 @@ def test_rollout_and_reconstruct_reject_bad_actions_and_frames(trained, val_data
     (["data.val_seed=0"], "val_seed must differ"),
     (["model.context=0"], "model.context"),
     (["ae.steps"], "key=value"),
+    (["ae.schedule=linear"], "ae.schedule='linear' is not one of one_cycle, cosine, constant"),
+    (["pred.loss=l1"], "pred.loss"),
+    (["data.prefetch_factor=2"], "need data.num_workers > 0"),
+    (["train.precision=bf16", "train.cpu=true"], "train.precision needs CUDA"),
+    (["train.compile=true", "train.cpu=true"], "train.compile needs CUDA"),
+    (["experiment.wandb.mode=on"], "experiment.wandb.mode"),
+    (["optim.lr=fast"], "optim.lr"),
+    (["data.val_fraction=1.5"], "val_fraction"),
 ])
 def test_bad_config_is_one_clear_error(overrides, msg):
     with pytest.raises(ValueError, match=msg):

@@ -1,0 +1,116 @@
+"""Training you can steer and trust: schedules, losses, the run folder, crash-and-resume, W&B offline."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import world_model as W
+from conftest import ROOT
+
+# Small and quick, with a validation (and so a checkpoint) every 10 steps.
+FAST = [*W.SMALL_BUDGET, "ae.steps=30", "pred.steps=30", "eval.val_every=10", "eval.log_every=5"]
+
+
+def cli(*args, env=None, tmp):
+    cmd = [sys.executable, "world_model.py", *args]
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=e)
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("die_at", ["ae:25", "pred:15"])
+def test_killed_run_resumes_to_the_same_result(tmp_path, die_at):
+    ref = cli(*FAST, f"experiment.out_dir={tmp_path}/ref", f"experiment.assets_dir={tmp_path}/a1", tmp=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    killed = cli(*FAST, f"experiment.out_dir={tmp_path}/k", f"experiment.assets_dir={tmp_path}/a2",
+                 env={"WM_DIE_AT": die_at}, tmp=tmp_path)
+    assert killed.returncode == -9                                   # SIGKILL: no clean-up ran
+    (run,) = (tmp_path / "k").iterdir()
+    phase, step = die_at.split(":")
+    ck = W.read_checkpoint(run / "checkpoints" / "last.pt")
+    assert (ck["phase"], ck["step"]) == (phase, int(step) // 10 * 10)  # the last validation before the kill
+    assert (phase, str(int(step))) in [(r["phase"], r["step"]) for r in rows(run / "metrics.csv")]
+    res = cli("--resume", str(run), tmp=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (ref_run,) = (tmp_path / "ref").iterdir()
+    # Same step count and, on CPU with the same seed, the same losses, row for row.
+    assert rows(run / "metrics.csv") == rows(ref_run / "metrics.csv")
+    assert rows(run / "val_metrics.csv") == rows(ref_run / "val_metrics.csv")
+    a, b = W.WorldModel.load(run / "checkpoints" / "last.pt"), W.WorldModel.load(ref_run / "checkpoints" / "last.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_refuses_bad_input(tmp_path, tiny_cfg, trained):
+    res = cli("--resume", str(tmp_path / "nope"), tmp=tmp_path)
+    assert res.returncode == 2 and "not a run folder" in res.stderr and res.stderr.count("\n") == 1
+    res = cli("--resume", str(tmp_path), "ae.steps=5", tmp=tmp_path)
+    assert res.returncode == 2 and "takes no --config or overrides" in res.stderr
+    # A checkpoint written by another config than the run's resolved_config.yaml: named, not loaded.
+    run = W.Run.create(W.make_config([f"experiment.out_dir={tmp_path}/runs"], base=tiny_cfg))
+    wm, _, _ = trained
+    opt, sched = W.make_optimizer(tiny_cfg, "ae", wm.ae.parameters())
+    other = W.make_config(["model.hidden=32"], base=run.cfg)
+    W.WorldModel(other, 6).save(run.path / "checkpoints" / "last.pt", phase="ae", step=10,
+                                optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                rng={"torch": torch.get_rng_state()}, best=1.0)
+    before = (run.path / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"another config \(model.hidden: 64 vs 32\)"):
+        W.Run.reopen(run.path)
+    assert (run.path / "checkpoints" / "last.pt").read_bytes() == before   # nothing damaged
+
+
+@pytest.mark.parametrize("schedule", ["one_cycle", "cosine", "constant"])
+def test_schedules(schedule):
+    cfg = W.make_config([f"ae.schedule={schedule}", "ae.steps=100", "optim.lr=0.01"])
+    opt, sched = W.make_optimizer(cfg, "ae", [torch.nn.Parameter(torch.zeros(1))])
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(0.01, rel=0.02)                   # optim.lr replaces ae.lr
+    if schedule == "constant":
+        assert lrs[0] == lrs[-1] == 0.01
+    else:
+        assert lrs[0] < 0.005 and lrs[-1] < 0.001 and np.argmax(lrs) in range(5, 15)  # warm up 10 %, then decay
+
+
+def test_huber_loss_trains(tiny_cfg, train_data, val_data):
+    cfg = W.make_config(["ae.loss=huber", "pred.loss=huber", "ae.steps=20", "pred.steps=20"], base=tiny_cfg)
+    wm, ae_hist = W.train_autoencoder(cfg, train_data, val_data, progress=False)
+    wm, pred_hist = W.train_predictor(cfg, wm, train_data, val_data, progress=False)
+    assert ae_hist[-1]["val_loss"] < 0.5 * ae_hist[0]["val_loss"]
+    assert pred_hist[-1]["val_loss"] < pred_hist[0]["val_loss"]
+    x = torch.from_numpy(train_data.frames[:32])
+    mse, _ = W.ae_loss(wm.ae, x, tiny_cfg.ae)
+    hub, _ = W.ae_loss(wm.ae, x, cfg.ae)
+    assert hub < mse                                                    # Huber is below squared error above delta
+
+
+def test_wandb_offline_logs_without_network(tmp_path):
+    pytest.importorskip("wandb")
+    res = cli(*FAST, "ae.steps=10", "pred.steps=10", "experiment.wandb.mode=offline",
+              f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/assets",
+              env={"WANDB_SILENT": "true", "WANDB_API_KEY": ""}, tmp=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert logs and logs[0].stat().st_size > 1000                      # metrics, images and videos recorded
+
+
+def test_wandb_missing_package_says_so_once_and_trains(tmp_path):
+    env = {"PYTHONPATH": str(tmp_path / "fake")}
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "wandb.py").write_text("raise ImportError('no wandb here')\n")
+    res = cli(*FAST, "ae.steps=10", "pred.steps=10", "experiment.wandb.mode=online",
+              f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/assets", env=env, tmp=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("W&B:") == 1 and "not installed" in res.stderr
