@@ -25,6 +25,7 @@ import platform
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -38,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from data.d4rl_frames import FrameData, make_env, record
-from data.probe import object_agreement, probe
+from data.probe import compare_probes, object_agreement, probe, record_labelled, validate_probe
 
 CHECKPOINT_FORMAT = 2
 
@@ -143,6 +144,25 @@ class ExperimentConfig:
 
 
 @dataclass
+class HeldoutConfig:
+    """`python world_model.py eval`: held-out episodes, rollouts and pictures (heldout.<field>=value)."""
+    steps: int = 3000             # held-out frames recorded when no dataset is given (~4 random-play episodes)
+    seed: int = 1234              # seed of that recording: never a training seed (checked)
+    policy: str = "tracker"       # recording policy: another than training's random play (tracker returns the ball)
+    horizon: int = 50             # H: open-loop steps of the curves and the CSV
+    starts: int = 96              # open-loop rollouts, start points spread evenly over all episodes
+    long_horizon: int = 200       # steps of the long rollouts (tracking horizon, videos)
+    long_starts: int = 8          # long rollouts (0: none)
+    dream_steps: int = 200        # steps of each dream with random actions (no ground truth)
+    dreams: int = 8               # dreams, from different real contexts
+    videos: int = 3               # long rollouts written as GIF (and MP4 when imageio-ffmpeg is installed)
+    video_steps: int = 100        # steps shown per video (a noisy 200-step GIF at x3 is ~8 MB)
+    probe_frames: int = 1500      # RAM-labelled frames to check the probe on (Pong only; 0: skip)
+    batch_frames: int = 3200      # predicted frames held at once (x 28 KB as float): starts per batch = this // horizon
+    fps: int = 15                 # video frame rate (Pong runs at 15 agent steps a second)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,6 +172,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
 
     def lr(self, phase: str) -> float:
         """The peak learning rate of a phase: optim.lr when set, else ae.lr / pred.lr."""
@@ -179,6 +200,12 @@ class Config:
                                  ("experiment.wandb.mode", self.experiment.wandb.mode, ("disabled", "offline", "online"))]:
             if v not in allowed:
                 raise ValueError(f"{name}={v!r} is not one of {', '.join(allowed)}")
+        h = self.heldout
+        for name, v in [("heldout.steps", h.steps), ("heldout.horizon", h.horizon), ("heldout.starts", h.starts),
+                        ("heldout.long_horizon", h.long_horizon), ("heldout.dream_steps", h.dream_steps),
+                        ("heldout.dreams", h.dreams), ("heldout.fps", h.fps), ("heldout.batch_frames", h.batch_frames)]:
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
         if not 0 < d.val_fraction < 1:
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {d.val_fraction}")
         if d.num_workers < 0:
@@ -201,13 +228,22 @@ class Config:
         return self
 
 
+METHODS = ("model", "copy_last", "zero_action")
+SUMMARY_HORIZONS = (1, 5, 10, 25, 50, 100, 200)   # those <= the rollout's horizon go in metrics.json
+BALL_MOVES_PX = 0.5       # a ball 'moves' when its centroid shifts this much between frames
+# A paddle away from the walls shows 6-13 visible rows on real frames (6-7 at rest, up to 12 when
+# the max-pooled frame holds two positions, 13 when the opponent jumps at a serve); fewer only
+# when partly behind a wall. Measured on 4,500 recorded frames (seeds 7, 11, 13).
+PADDLE_ROWS = (6, 13)
 LOSSES = ("mse", "huber")
 SCHEDULES = ("one_cycle", "cosine", "constant")
 
 # A few seconds end to end: the tests and the notebook's WM_SMOKE=1 mode use it.
 SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "ae.steps=40", "pred.steps=40", "model.width=16",
                 "model.hidden=64", "eval.rollout_frames=20", "eval.video_frames=20", "eval.val_every=20",
-                "eval.log_every=10")
+                "eval.log_every=10", "heldout.steps=600", "heldout.horizon=20", "heldout.starts=16", "heldout.long_horizon=40",
+                "heldout.long_starts=2", "heldout.dream_steps=40", "heldout.dreams=2", "heldout.videos=1",
+                "heldout.video_steps=40", "heldout.probe_frames=200")
 
 
 def make_config(overrides: list[str] | None = None, yaml_path: str | None = None, base: Config | None = None) -> Config:
@@ -1045,20 +1081,453 @@ def dream_figures(wm: WorldModel, data: FrameData, horizon: int = 30, every: int
     starts = data.starts(K + horizon)[::every]
     if len(starts) == 0:
         raise ValueError(f"no episode holds {K + horizon} frames for {horizon}-step dreams")
-    idx = starts[:, None] + np.arange(K + horizon)                               # (S, K + H)
-    dream = _to_uint8(wm.rollout_batch(torch.from_numpy(data.frames[idx[:, :K]]),
-                                       torch.from_numpy(data.actions[idx[:, K - 1:-1]]),
-                                       torch.from_numpy(data.actions[idx[:, :K - 1]])))  # (S, H, 84, 84)
-    real = data.frames[idx[:, K:]]
-    copy = np.repeat(data.frames[idx[:, K - 1:K]], horizon, 1)
+    real = data.frames[starts[:, None] + np.arange(K, K + horizon)]                  # (S, H, 84, 84)
+    preds = {"dream": rollouts(wm, *rollout_inputs(data, starts, K, horizon))[0],
+             "copy_last": np.repeat(data.frames[starts + K - 1][:, None], horizon, 1)}
     out = {"dream_starts": len(starts), "dream_horizon": horizon}
-    for name, pred in (("dream", dream), ("copy_last", copy)):
-        ok = [object_agreement(r, q) for r, q in zip(real, pred)]
-        out[f"{name}_mse"] = float(np.mean((pred.astype(np.float32) - real) ** 2) / 255 ** 2)
+    for name, pred in preds.items():
+        f = frame_and_object_metrics(real, pred, with_ssim=False)
+        out[f"{name}_mse"] = float(f["mse"].mean())
         for k in ("ball", "player", "opponent"):
-            out[f"{name}_{k}"] = float(np.mean([o[k].mean() for o in ok]))
-        out[f"{name}_ball_tracked_median"] = float(np.median([np.argmin(np.append(o["ball"], False)) for o in ok]))
+            out[f"{name}_{k}"] = float(f[k].mean())
+        out[f"{name}_ball_tracked_median"] = float(np.median(tracking_horizon(f["ball"])))
     return out
+
+
+def heldout_data(wm: WorldModel, cfg: HeldoutConfig) -> FrameData:
+    """Freshly recorded episodes the model never trained on: another seed than its recordings."""
+    d = wm.cfg.data
+    if getattr(d, "source", "ale") == "ale" and cfg.policy == d.policy and cfg.seed in (d.seed, d.val_seed):
+        raise ValueError(f"eval seed {cfg.seed} is one of the training recording's seeds ({d.seed}, {d.val_seed})")
+    return record(wm.game, cfg.steps, cfg.seed, cfg.policy)
+
+
+def spread_starts(data: FrameData, length: int, n: int) -> np.ndarray:
+    """n window starts, evenly over all windows of `length` frames that stay inside one episode."""
+    s = data.starts(length)
+    if len(s) == 0:
+        raise ValueError(f"no held-out episode holds {length} frames: record more (HeldoutConfig.steps)")
+    return s[np.unique(np.linspace(0, len(s) - 1, min(n, len(s))).round().astype(int))]
+
+
+def rollout_inputs(data: FrameData, starts: np.ndarray, K: int, horizon: int, zero_actions: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Context uint8 (S, K, 84, 84), actions (S, H) and context actions (S, K - 1) of recorded windows.
+
+    The actions taken at the context frames are given (the model knows how the paddle was
+    moving); zero_actions replaces every action by -1 (unknown), which the predictor sees as zeros.
+    """
+    idx = starts[:, None] + np.arange(K + horizon - 1)                        # (S, K + H - 1)
+    acts = torch.from_numpy(np.asarray(data.actions, np.int64)[idx])          # (S, K + H - 1); -1 must fit
+    if zero_actions:
+        acts = torch.full_like(acts, -1)
+    return torch.from_numpy(data.frames[idx[:, :K]]), acts[:, K - 1:], acts[:, :K - 1]
+
+
+def rollouts(wm: WorldModel, context: torch.Tensor, actions: torch.Tensor, context_actions: torch.Tensor,
+             batch_frames: int = 3200, progress: bool = False) -> tuple[np.ndarray, float]:
+    """wm.rollout_batch over as many starts at once as batch_frames allows: uint8 (S, H, 84, 84), seconds spent."""
+    S, H = actions.shape
+    out, spent = np.empty((S, H, 84, 84), np.uint8), 0.0
+    b = max(1, batch_frames // max(H, 1))
+    for i in tqdm(range(0, S, b), desc="rollouts", disable=not progress, leave=False):
+        t = time.perf_counter()
+        out[i:i + b] = _to_uint8(wm.rollout_batch(context[i:i + b], actions[i:i + b], context_actions[i:i + b]))
+        spent += time.perf_counter() - t
+    return out, spent
+
+
+def ssim_frames(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """scikit-image's SSIM per frame (7x7 window, data_range 255): uint8 (N, 84, 84) x 2 -> (N,).
+
+    One call for the whole stack (frames as channels) is ~3x faster than a call per frame; the
+    per-frame value is the mean of the SSIM map without its 3-pixel border, exactly what a call
+    per frame returns (tests/test_eval.py checks).
+    """
+    from skimage.metrics import structural_similarity
+    if len(real) == 0:
+        return np.zeros(0)
+    _, smap = structural_similarity(real, pred, data_range=255, channel_axis=0, full=True)  # (N, 84, 84)
+    return smap[:, 3:-3, 3:-3].mean((1, 2))
+
+
+def psnr(mse: np.ndarray) -> np.ndarray:
+    """PSNR (dB) of a mean squared error on the 0..1 scale; copy-last on a still screen has MSE 0,
+    so PSNR is taken of the mean MSE at each horizon, never averaged over frames (inf)."""
+    return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+
+
+def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool = True,
+                             chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Per (rollout, step) figures: uint8 (S, H, 84, 84) x 2 -> dict of (S, H) arrays.
+
+    mse (0..1 scale), ssim, and the probe's comparison: ball / player / opponent kept (bool),
+    <obj>_presence (bool), ball_err / player_err / opponent_err (pixels, NaN unless both have it).
+    Chunks of frames bound the float copies (SSIM's map is float64).
+    """
+    S, H = real.shape[:2]
+    r, p = real.reshape(-1, 84, 84), pred.reshape(-1, 84, 84)                 # (S * H, 84, 84)
+    parts = []
+    for i in range(0, len(r), chunk):
+        a, b = r[i:i + chunk], p[i:i + chunk]
+        out = {"mse": ((b.astype(np.float32) - a) ** 2).mean((1, 2)) / 255 ** 2}
+        if with_ssim:
+            out["ssim"] = ssim_frames(a, b)
+        parts.append(out | compare_probes(probe(a), probe(b)))
+    return {k: np.concatenate([q[k] for q in parts]).reshape(S, H) for k in parts[0]}
+
+
+def tracking_horizon(ball_ok: np.ndarray) -> np.ndarray:
+    """Steps for which each rollout keeps the ball from the start: bool (S, H) -> int (S,) in [0, H].
+
+    The first step at which the ball is missing, spurious or > 2 px off is step T + 1; a rollout
+    that never loses it scores H.
+    """
+    return np.argmin(np.concatenate([ball_ok, np.zeros((len(ball_ok), 1), bool)], 1), 1)
+
+
+def per_horizon(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(S, H) figures -> (H,) curves, the CSV's columns for one method."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a step where no rollout has both balls: NaN
+        mse = m["mse"].mean(0)
+        curves = {"mse": mse, "psnr": psnr(mse)}
+        if "ssim" in m:
+            curves["ssim"] = m["ssim"].mean(0)
+        curves["ball_present_agreement"] = m["ball_presence"].mean(0)
+        curves["ball_ok"] = m["ball"].mean(0)
+        curves["ball_pos_err"] = np.nanmean(m["ball_err"], 0)
+        curves["ball_pos_n"] = np.isfinite(m["ball_err"]).sum(0)      # rollouts behind ball_pos_err
+        H = m["ball"].shape[1]
+        curves["ball_tracked_share"] = (tracking_horizon(m["ball"])[:, None] >= np.arange(1, H + 1)).mean(0)
+        for k in ("player", "opponent"):
+            curves[k + "_err"] = np.nanmean(m[k + "_err"], 0)
+            curves[k + "_ok"] = m[k].mean(0)
+    return curves
+
+
+def plausibility(frames: np.ndarray, same_episode: np.ndarray) -> dict[str, float]:
+    """Is this Pong at all? uint8 (N, 84, 84) frames, same_episode bool (N - 1,): frame t + 1 follows t.
+
+    ball: share of frames with a ball; ball_moves: share of consecutive pairs, both with a ball, in
+    which it moved >= 0.5 px; <paddle>_intact: share of frames where the paddle shows a plausible
+    block (PADDLE_ROWS visible rows, or fewer while touching a wall).
+    """
+    p = probe(frames)
+    both = p["ball"][:-1] & p["ball"][1:] & same_episode
+    step = np.hypot(np.diff(p["ball_x"]), np.diff(p["ball_y"]))
+    out = {"ball": float(p["ball"].mean()),
+           "ball_moves": float((step[both] >= BALL_MOVES_PX).mean()) if both.any() else float("nan")}
+    for k in ("player", "opponent"):
+        rows, y = p[k + "_rows"], p[k + "_y"]
+        at_wall = (y - (rows - 1) / 2 <= 14.5) | (y + (rows - 1) / 2 >= 75.5)
+        ok = p[k] & (rows <= PADDLE_ROWS[1]) & ((rows >= PADDLE_ROWS[0]) | at_wall)
+        out[k + "_intact"] = float(ok.mean())
+    return out
+
+
+@torch.no_grad()
+def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: int = 4096,
+                                batch: int = 512) -> tuple[dict[str, float], dict[str, float]]:
+    """Reconstruction of every held-out frame, and teacher-forced one-step prediction: frame t + K
+    from the K real frames before it and their actions.
+
+    Every frame is encoded once; the predictor runs on windows of latents: the same numbers as
+    wm.reconstruct and rollout_batch with H = 1, without encoding each frame K + 1 times.
+    """
+    wm.eval()
+    K, p = wm.context, wm.predictor
+    frames = data.frames[np.arange(len(data))]                                 # (N, 84, 84)
+    x = torch.from_numpy(frames)
+    z = torch.cat([wm.ae.encode(x[i:i + batch].to(wm.device)) for i in range(0, len(x), batch)])  # (N, D)
+    recon = np.concatenate([_to_uint8(wm.ae.decode(zb)) for zb in z.split(batch)])
+    ok, has_ball = object_agreement(frames, recon), probe(frames)["ball"]
+    def mse(a: np.ndarray, b: np.ndarray) -> float:
+        return float(((a.astype(np.float32) - b) ** 2).mean() / 255 ** 2)
+    rec = {"frames": len(frames), "mse": mse(recon, frames),
+           "ball_on_frames_with_ball": float(ok["ball"][has_ball].mean()) if has_ball.any() else float("nan")
+           } | {k: float(v.mean()) for k, v in ok.items()}
+    s = data.starts(K + 1)
+    if len(s) == 0:
+        return rec, {"windows": 0}
+    s = s[np.unique(np.linspace(0, len(s) - 1, min(max_windows, len(s))).round().astype(int))]
+    zn = p.normalize(z)
+    acts = torch.from_numpy(np.asarray(data.actions, np.int64)).to(wm.device)
+    idx = torch.from_numpy(s[:, None] + np.arange(K))                          # (W, K)
+    pred = np.concatenate([_to_uint8(wm.ae.decode(p.denormalize(p(zn[j], acts[j])))) for j in idx.split(batch)])
+    real = frames[s + K]
+    ok = object_agreement(real, pred)
+    one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(frames[s + K - 1], real)
+           } | {k: float(v.mean()) for k, v in ok.items()}
+    return rec, one
+
+
+def triptych(real: np.ndarray, pred: np.ndarray, s: int = 3) -> np.ndarray:
+    """uint8 (H, 84, 84) x 2 -> uint8 (H, 84s, 3 * 84s + 8) video: real | prediction | |difference|, step drawn."""
+    from PIL import Image, ImageDraw
+    diff = np.abs(real.astype(np.int16) - pred).astype(np.uint8)
+    gap = np.full((len(real), 84 * s, 4), 255, np.uint8)
+    video = np.concatenate([upscale(real, s), gap, upscale(pred, s), gap, upscale(diff, s)], 2)
+    for i in range(len(video)):
+        im = Image.fromarray(video[i])
+        d = ImageDraw.Draw(im)
+        for j, label in enumerate((f"real  step {i + 1}", "model", "|difference|")):
+            d.text((j * (84 * s + 4) + 4, 2), label, fill=255)
+        video[i] = np.asarray(im)
+    return video
+
+
+def save_video(video: np.ndarray, path: Path, fps: int) -> list[str]:
+    """GIF always; MP4 too when imageio-ffmpeg is installed. Returns the names of the files written."""
+    save_gif(video, path.with_suffix(".gif"), fps)
+    h, w = video.shape[1:3]
+    padded = np.pad(video, ((0, 0), (0, -h % 16), (0, -w % 16)), constant_values=255)  # save_mp4 crops to 16-px blocks
+    mp4 = save_mp4(padded, path.with_suffix(".mp4"), fps)
+    return [path.with_suffix(".gif").name] + ([path.with_suffix(".mp4").name] if mp4 else [])
+
+
+def plot_curves(curves: dict[str, dict[str, np.ndarray]], n: int, episodes: int, out_dir: Path) -> None:
+    """plots/mse_vs_horizon.png and plots/ball_vs_horizon.png, the baselines on the same starts."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:   # headless CLI; a notebook keeps its own backend
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    style = {"model": ("model", "C0", "-"), "copy_last": ("copy last frame", "C1", "--"),
+             "zero_action": ("model, actions zeroed", "C2", ":")}
+    h = np.arange(1, len(curves["model"]["mse"]) + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m, (label, color, ls) in style.items():
+        ax.plot(h, curves[m]["mse"], ls, color=color, label=label)
+    ax.set_xlabel("prediction horizon (steps after the last real frame)")
+    ax.set_ylabel("pixel MSE (0..1 scale)")
+    ax.set_title(f"open-loop MSE vs horizon: {n} rollouts from {episodes} held-out episodes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "mse_vs_horizon.png", dpi=110)
+    plt.close(fig)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m, (label, color, ls) in style.items():
+        err = np.where(curves[m]["ball_pos_n"] >= 3, curves[m]["ball_pos_err"], np.nan)   # a mean of < 3 is noise
+        a1.plot(h, err, ls, color=color, label=label)
+        a2.plot(h, curves[m]["ball_tracked_share"], ls, color=color, label=label)
+    a1.set_ylabel("ball position error (px)")
+    a1.set_title("where both frames have a ball (>= 3 rollouts)", fontsize=9)
+    a2.set_ylabel("share of rollouts still tracking the ball")
+    a2.set_ylim(-0.02, 1.02)
+    for a in (a1, a2):
+        a.set_xlabel("prediction horizon (steps)")
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.suptitle(f"ball vs horizon: {n} rollouts from {episodes} held-out episodes (tracked: no step yet "
+                 f"with the ball missing, spurious or > 2 px off)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "ball_vs_horizon.png", dpi=110)
+    plt.close(fig)
+
+
+def write_csv(curves: dict[str, dict[str, np.ndarray]], n: int, path: Path) -> None:
+    """One row per horizon step h = 1..H; columns <method>_<figure>."""
+    keys = list(curves["model"])
+    cols = ["h", "rollouts"] + [f"{m}_{k}" for m in METHODS for k in keys]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for i in range(len(curves["model"]["mse"])):
+            w.writerow([i + 1, n] + [f"{float(curves[m][k][i]):.6g}" for m in METHODS for k in keys])
+
+
+def _at(curve: np.ndarray, horizons=SUMMARY_HORIZONS) -> dict[str, float]:
+    return {str(h): float(curve[h - 1]) for h in horizons if h <= len(curve)}
+
+
+def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path
+                             ) -> tuple[dict, float]:
+    """Long rollouts (how long the ball survives; the videos) and dreams with random actions (no
+    ground truth: plausibility only, next to real frames). Returns metrics and single-stream fps."""
+    K, L, T = wm.context, cfg.long_horizon, cfg.dream_steps
+    ls = spread_starts(data, K + L, cfg.long_starts) if cfg.long_starts > 0 and len(data.starts(K + L)) else \
+        np.zeros(0, np.int64)
+    ds = spread_starts(data, K, cfg.dreams)
+    dream_in = list(rollout_inputs(data, ds, K, 1))
+    dream_in[1] = torch.from_numpy(np.random.default_rng(cfg.seed).integers(0, wm.num_actions, (len(ds), T)))
+    long_in = rollout_inputs(data, ls, K, L)
+    if L == T:   # one batch: fewer, larger calls run faster on a CPU
+        both = rollouts(wm, *[torch.cat(x) for x in zip(long_in, dream_in)], batch_frames=cfg.batch_frames)[0]
+        lmodel, dream = both[:len(ls)], both[len(ls):]
+    else:
+        lmodel, dream = rollouts(wm, *long_in, cfg.batch_frames)[0], rollouts(wm, *dream_in, cfg.batch_frames)[0]
+    m, single = {"long": {"skipped": f"no held-out episode holds {K + L} frames"}, "videos": []}, float("nan")
+    if len(ls):
+        lreal = data.frames[ls[:, None] + np.arange(K, K + L)]                 # (S, L, 84, 84)
+        m["long"] = {"horizon": L, "rollouts": len(ls)}
+        for k, v in (("model", lmodel), ("copy_last", np.repeat(data.frames[ls + K - 1][:, None], L, 1))):
+            f = frame_and_object_metrics(lreal, v, with_ssim=False)
+            m["long"][k] = {"mse": _at(f["mse"].mean(0)), "ball_ok": _at(f["ball"].mean(0)),
+                            "ball_tracking_horizon_median": float(np.median(tracking_horizon(f["ball"])))}
+        for i in range(min(cfg.videos, len(ls))):
+            video = triptych(lreal[i, :cfg.video_steps], lmodel[i, :cfg.video_steps])
+            m["videos"] += save_video(video, out_dir / "videos" / f"rollout_{i}", cfg.fps)
+        # Single stream: the API a player uses, one start, one frame at a time.
+        s = int(ls[0])
+        t = time.perf_counter()
+        wm.rollout(data.frames[s:s + K], data.actions[s + K - 1:s + K - 1 + L], data.actions[s:s + K - 1])
+        single = L / (time.perf_counter() - t)
+    same = np.ones(dream.shape[:2], bool)
+    same[:, -1] = False                                                        # one dream does not follow another
+    ep = np.asarray(data.episode)
+    m["dream"] = {"steps": T, "dreams": len(ds), "actions": f"uniform random, seed {cfg.seed}",
+                  "model": plausibility(dream.reshape(-1, 84, 84), same.ravel()[:-1]),
+                  "real": plausibility(data.frames[np.arange(len(data))], ep[1:] == ep[:-1])}
+    return m, single
+
+
+def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | Path,
+                        cfg: HeldoutConfig | None = None, progress: bool = True) -> dict:
+    """Everything issue 5 asks, written to out_dir: metrics.json, metrics_by_horizon.csv, plots/, videos/.
+
+    data: held-out episodes (None: recorded now with cfg.seed and cfg.policy). Returns metrics.json's dict.
+    """
+    cfg = cfg or HeldoutConfig()
+    times, t0 = {}, time.perf_counter()
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    (out_dir / "videos").mkdir(exist_ok=True)
+    recorded = data is None
+    if recorded:
+        data = heldout_data(wm, cfg)
+    times["record"] = time.perf_counter() - t0
+    wm.eval()
+    K, H = wm.context, cfg.horizon
+    episodes = len(np.unique(np.asarray(data.episode)))
+    m = {"game": wm.game, "context": K, "eval_config": asdict(cfg),
+         "data": {"frames": len(data), "episodes": episodes,
+                  "source": f"recorded now: seed {cfg.seed}, policy {cfg.policy}" if recorded else "given"}}
+
+    # Open loop from many starts, H steps: the curves.
+    t = time.perf_counter()
+    starts = spread_starts(data, K + H, cfg.starts)
+    real = data.frames[starts[:, None] + np.arange(K, K + H)]                  # (S, H, 84, 84)
+    # Model and zero-action starts in one batch: fewer, larger calls run faster on a CPU.
+    ins = [torch.cat(x) for x in zip(rollout_inputs(data, starts, K, H), rollout_inputs(data, starts, K, H, True))]
+    both, spent = rollouts(wm, *ins, batch_frames=cfg.batch_frames, progress=progress)
+    model, zero = both[:len(starts)], both[len(starts):]
+    preds = {"model": model, "copy_last": np.repeat(data.frames[starts + K - 1][:, None], H, 1), "zero_action": zero}
+    times["open_loop_rollouts"] = time.perf_counter() - t
+    t = time.perf_counter()
+    per_step = {k: frame_and_object_metrics(real, v) for k, v in preds.items()}
+    curves = {k: per_horizon(v) for k, v in per_step.items()}
+    times["open_loop_metrics"] = time.perf_counter() - t
+    ol = {"horizon": H, "rollouts": len(starts), "episodes": len(np.unique(np.asarray(data.episode)[starts]))}
+    for k, ps in per_step.items():
+        c, th = curves[k], tracking_horizon(ps["ball"])
+        ol[k] = {"mse": _at(c["mse"]), "psnr": _at(c["psnr"]), "ssim": _at(c["ssim"]), "ball_ok": _at(c["ball_ok"]),
+                 "player_ok": _at(c["player_ok"]), "opponent_ok": _at(c["opponent_ok"]),
+                 "mse_mean": float(c["mse"].mean()), "ball_tracking_horizon_median": float(np.median(th)),
+                 "ball_tracking_horizon_mean": float(th.mean())}
+    # Worse than doing nothing: horizons where copying the last real frame has the lower MSE.
+    worse = np.flatnonzero(curves["copy_last"]["mse"] < curves["model"]["mse"]) + 1
+    ol["copy_last_beats_model_mse_at"] = [int(h) for h in worse]
+    ol["actions_change_prediction"] = bool((model != zero).any())
+    m["open_loop"] = ol
+    write_csv(curves, len(starts), out_dir / "metrics_by_horizon.csv")
+    plot_curves(curves, len(starts), ol["episodes"], out_dir / "plots")
+
+    t = time.perf_counter()
+    long_and_dreams, single = long_rollouts_and_dreams(wm, data, cfg, out_dir)
+    m |= long_and_dreams
+    times["long_rollouts+dreams+videos"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m["reconstruction"], m["one_step"] = reconstruction_and_one_step(wm, data)
+    times["reconstruction+one_step"] = time.perf_counter() - t
+
+    if cfg.probe_frames > 0 and wm.game == "Pong":
+        t = time.perf_counter()
+        m["probe_vs_ram"] = validate_probe(*record_labelled(wm.game, cfg.probe_frames, cfg.seed + 1))
+        times["probe_check"] = time.perf_counter() - t
+
+    times["total"] = time.perf_counter() - t0
+    m["speed"] = {"rollout_fps_batched": 2 * len(starts) * H / spent,
+                  "batched_rollouts_at_once": min(2 * len(starts), max(1, cfg.batch_frames // H)),
+                  "rollout_fps_single": single, "torch_threads": torch.get_num_threads(), "device": str(wm.device)}
+    m["times_s"] = times
+    worse = ol["copy_last_beats_model_mse_at"]
+    m["warnings"] = [f"copy-last-frame beats the model on MSE at horizons {_ranges(worse)}"] if worse else []
+    (out_dir / "metrics.json").write_text(json.dumps(m, indent=1))
+    return m
+
+
+def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameData | None = None,
+             cfg: HeldoutConfig | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """`python world_model.py eval --checkpoint PATH`: runs/<timestamp>_<game>_eval/ with everything in it."""
+    wm = WorldModel.load(checkpoint)
+    run_dir = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{wm.game.lower()}_eval"
+    while run_dir.exists():
+        run_dir = run_dir.with_name(run_dir.name + "_")
+    m = evaluate_checkpoint(wm, data, run_dir, cfg, progress=progress)
+    m["checkpoint"] = str(checkpoint)
+    (run_dir / "metrics.json").write_text(json.dumps(m, indent=1))
+    if progress:
+        print_eval_summary(m)
+        print(f"run folder        {run_dir}")
+    return run_dir, m
+
+
+def _ranges(hs: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out, i = [], 0
+    while i < len(hs):
+        j = i
+        while j + 1 < len(hs) and hs[j + 1] == hs[j] + 1:
+            j += 1
+        out.append(f"{hs[i]}" if i == j else f"{hs[i]}-{hs[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def print_eval_summary(m: dict) -> None:
+    """A fixed-format table: the model next to its baselines on the same held-out starts."""
+    ol, d = m["open_loop"], m["data"]
+    print(f"\nheld-out data     {d['frames']} frames, {d['episodes']} episodes ({d['source']})")
+    print(f"open loop         {ol['rollouts']} rollouts x {ol['horizon']} steps from {ol['episodes']} episodes, "
+          f"K = {m['context']} real context frames, recorded actions")
+    print(f"{'':24s}{'model':>12s}{'copy_last':>12s}{'zero_action':>12s}")
+    for fig, fmt in (("mse", "{:12.5f}"), ("psnr", "{:12.2f}"), ("ssim", "{:12.3f}"), ("ball_ok", "{:12.1%}"),
+                     ("player_ok", "{:12.1%}"), ("opponent_ok", "{:12.1%}")):
+        for h in ol["model"][fig]:
+            print(f"{fig + ' h=' + h:24s}" + "".join(fmt.format(ol[k][fig][h]) for k in METHODS))
+    print(f"{'ball tracked (median)':24s}"
+          + "".join(f"{ol[k]['ball_tracking_horizon_median']:8.0f} st" for k in METHODS))
+    lg = m["long"]
+    if "rollouts" in lg:
+        label = f"{lg['horizon']}-step, {lg['rollouts']} starts"
+        print(f"{label:24s}" + "".join(f"{lg[k]['ball_tracking_horizon_median']:8.0f} st" if k in lg else f"{'-':>12s}"
+                                       for k in METHODS) + "   (ball tracked, median)")
+    r, o = m["reconstruction"], m["one_step"]
+    print(f"reconstruction    MSE {r['mse']:.5f}  ball {r['ball']:.1%} "
+          f"(frames with a ball {r['ball_on_frames_with_ball']:.1%})"
+          f"  player {r['player']:.1%}  opponent {r['opponent']:.1%}  ({r['frames']} frames)")
+    if o.get("windows"):
+        print(f"one step          MSE {o['mse']:.5f} (copy-last {o['copy_last_mse']:.5f})  ball {o['ball']:.1%}  "
+              f"player {o['player']:.1%}  opponent {o['opponent']:.1%}  ({o['windows']} windows, teacher-forced)")
+    dm, dr = m["dream"]["model"], m["dream"]["real"]
+    print(f"dream             {m['dream']['dreams']} x {m['dream']['steps']} steps, {m['dream']['actions']} actions:  "
+          f"ball present {dm['ball']:.0%} (real {dr['ball']:.0%})  "
+          f"ball moves {dm['ball_moves']:.0%} (real {dr['ball_moves']:.0%})"
+          f"  paddles intact {dm['player_intact']:.0%} / {dm['opponent_intact']:.0%} "
+          f"(real {dr['player_intact']:.0%} / {dr['opponent_intact']:.0%})")
+    sp = m["speed"]
+    print(f"rollout speed     {sp['rollout_fps_batched']:.0f} frames/s batched "
+          f"({sp['batched_rollouts_at_once']} at once), "
+          f"{sp['rollout_fps_single']:.0f} frames/s single stream ({sp['device']}, {sp['torch_threads']} threads)")
+    if "probe_vs_ram" in m:
+        pv = m["probe_vs_ram"]
+        print(f"probe vs RAM      ball {pv['ball']:.2%}  player {pv['player']:.2%}  opponent {pv['opponent']:.2%}"
+              f"  ({pv['frames']} labelled frames)")
+    print(f"time              {m['times_s']['total']:.1f} s")
+    for w in m["warnings"]:
+        print(f"WARNING: {w}")
 
 # ------------------------------------------------------------------------------------ play
 
@@ -1249,9 +1718,9 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def latest_checkpoint(out_dir: str | Path = "runs") -> Path:
-    """The newest run's checkpoints/last.pt under out_dir: the run the notebook or the CLI just finished."""
-    found = sorted(Path(out_dir).glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+def latest_checkpoint(out_dir: str | Path = "runs", name: str = "last.pt") -> Path:
+    """The newest run's checkpoints/<name> under out_dir: the run the notebook or the CLI just finished."""
+    found = sorted(Path(out_dir).glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no checkpoint under {out_dir}: train one first (python world_model.py)")
     return found[-1]
@@ -1533,7 +2002,31 @@ def play_main(argv: list[str]) -> int:
     return play_desktop(ckpt, real=not args.no_real, fps=args.fps, seed=args.seed)
 
 
-COMMANDS = {"play": play_main}
+def eval_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="world_model.py eval", description="measure a checkpoint on held-out Pong: "
+                                 "open-loop rollouts vs the real game by horizon, baselines, reconstruction, dreams",
+                                 epilog="overrides: heldout.<field>=value (HeldoutConfig in world_model.py), "
+                                 "experiment.out_dir=...")
+    ap.add_argument("--checkpoint", help="default: the newest runs/*/checkpoints/best.pt")
+    ap.add_argument("--data", help="held-out data instead of a fresh recording: a dataset folder or d4rl:<id>; "
+                    "if it is the model's training source, only its held-out episodes are used")
+    ap.add_argument("--config", help="YAML file merged into the defaults before the overrides")
+    ap.add_argument("overrides", nargs="*", help="key=value pairs")
+    args = ap.parse_args(argv)
+    cfg = make_config(args.overrides, args.config)
+    ckpt = args.checkpoint or latest_checkpoint(cfg.experiment.out_dir, "best.pt")
+    data = None
+    if args.data:
+        from data.d4rl_frames import load_source, split_episodes
+        wm = WorldModel.load(ckpt)
+        data = load_source(args.data, game=wm.game, num_actions=wm.num_actions)
+        if args.data == wm.cfg.data.source:  # never score the model on its own training episodes
+            data = split_episodes(data, wm.cfg.data.val_fraction)[1]
+    eval_run(ckpt, cfg.experiment.out_dir, data, cfg.heldout)
+    return 0
+
+
+COMMANDS = {"eval": eval_main, "play": play_main}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1546,7 +2039,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  epilog="overrides: dot-notation keys of Config, e.g. ae.steps=1000 data.game=Pong. "
-                                 "Other commands: python world_model.py play --help")
+                                 "Other commands: python world_model.py eval --help, python world_model.py play --help")
     ap.add_argument("--config", help="YAML file merged into the defaults before the overrides")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint")
     ap.add_argument("overrides", nargs="*", help="key=value pairs")

@@ -293,3 +293,26 @@ def test_tracker_returns_the_ball():
     assert trk["returns"] >= 2 * rnd["returns"] and trk["returns_per_point"] >= 5 * rnd["returns_per_point"], (rnd, trk)
     assert trk["steps_per_point"] >= 3 * rnd["steps_per_point"], (rnd, trk)
     assert set(tracker.actions) == set(range(6))                                      # epsilon: all actions appear
+
+# ------------------------------------------------------------------------------------ training on each source
+
+
+@pytest.mark.parametrize("kind", ["ours", "predecessor", "d4rl"])
+def test_trains_on_every_source_without_conversion(kind, recorded, train_data, tmp_path, monkeypatch):
+    import world_model as W
+    if kind == "ours":
+        source = str(recorded)
+    elif kind == "predecessor":
+        source = str(predecessor_fixture(train_data, tmp_path / "old"))
+    else:
+        monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+        write_d4rl(train_data, tmp_path / "Pong/5/1")
+        source = "d4rl:pong-mixed-v4"
+    cfg = W.make_config([*W.SMALL_BUDGET, f"data.source={source}", "data.val_fraction=0.3", "ae.steps=10",
+                         "pred.steps=10", f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/a"])
+    s = W.run(cfg, progress=False)
+    train, val = W.load_data(cfg)
+    assert not set(train.episode) & set(val.episode)                # held-out episodes are whole and unseen
+    assert s["train_frames"] == len(train) and s["val_frames"] == len(val) and len(train) + len(val) in (300, 400)
+    assert W.WorldModel.load(Path(s["run_dir"]) / "checkpoints" / "last.pt").num_actions == 6
+    assert (tmp_path / "a" / "pong_fake.gif").is_file()

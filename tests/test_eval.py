@@ -1,0 +1,157 @@
+"""Held-out evaluation (issue 5): files, baselines that mean what they say, metrics that can fail."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from data.d4rl_frames import FrameData
+from data.probe import probe
+from world_model import (
+    METHODS,
+    HeldoutConfig,
+    eval_run,
+    evaluate_checkpoint,
+    heldout_data,
+    plausibility,
+    print_eval_summary,
+    rollout_inputs,
+    spread_starts,
+    ssim_frames,
+    tracking_horizon,
+    triptych,
+)
+
+CFG = HeldoutConfig(horizon=10, starts=8, long_horizon=30, long_starts=2, dream_steps=30, dreams=2, videos=1,
+                        probe_frames=0)
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, val_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return evaluate_checkpoint(trained[0], val_data, out, CFG, progress=False), out
+
+
+def _csv(out):
+    with open(out / "metrics_by_horizon.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_writes_every_file_with_one_row_per_horizon_step(evaluated):
+    m, out = evaluated
+    for f in ("metrics.json", "plots/mse_vs_horizon.png", "plots/ball_vs_horizon.png", "videos/rollout_0.gif"):
+        assert (out / f).stat().st_size > 1000, f
+    assert json.loads((out / "metrics.json").read_text())["open_loop"]["rollouts"] == 8
+    rows = _csv(out)
+    assert [int(r["h"]) for r in rows] == list(range(1, CFG.horizon + 1))
+    for method in METHODS:
+        for col in ("mse", "psnr", "ssim", "ball_present_agreement", "ball_pos_err", "ball_tracked_share",
+                    "player_err", "opponent_err", "player_ok", "opponent_ok"):
+            assert f"{method}_{col}" in rows[0], (method, col)
+    assert m["videos"][0] == "rollout_0.gif"
+
+
+def test_baselines_and_model_match_direct_computations(evaluated, trained, val_data):
+    m, out = evaluated
+    wm, K, H = trained[0], trained[0].context, CFG.horizon
+    s = spread_starts(val_data, K + H, CFG.starts)
+    real, last = val_data.frames[s + K].astype(np.float32), val_data.frames[s + K - 1]
+    ol = m["open_loop"]
+    # copy-last at h = 1 is the last context frame against the first real continuation frame.
+    assert ol["copy_last"]["mse"]["1"] == pytest.approx(np.mean((last - real) ** 2) / 255 ** 2, rel=1e-6)
+    # The batched model at h = 1 equals the single-stream API with the recorded actions.
+    one = np.stack([wm.rollout(val_data.frames[t:t + K], val_data.actions[t + K - 1:t + K],
+                               val_data.actions[t:t + K - 1])[0] for t in s])
+    assert ol["model"]["mse"]["1"] == pytest.approx(np.mean((one - real) ** 2) / 255 ** 2, rel=1e-5)
+    assert ol["actions_change_prediction"]        # zeroing the actions changes what the model draws
+    rows = _csv(out)
+    assert float(rows[0]["copy_last_mse"]) == pytest.approx(ol["copy_last"]["mse"]["1"], rel=1e-5)
+    worse = [int(r["h"]) for r in rows if float(r["copy_last_mse"]) < float(r["model_mse"])]
+    assert worse == ol["copy_last_beats_model_mse_at"]
+    assert bool(m["warnings"]) == bool(worse)
+
+
+def test_ball_tracking_is_consistent_across_outputs(evaluated):
+    m, out = evaluated
+    rows = _csv(out)
+    for method in METHODS:
+        share = [float(r[f"{method}_ball_tracked_share"]) for r in rows]
+        assert all(0 <= a <= 1 for a in share) and all(np.diff(share) <= 0)  # never regained
+        assert 0 <= m["open_loop"][method]["ball_tracking_horizon_median"] <= CFG.horizon
+    assert tracking_horizon(np.array([[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1]], bool)).tolist() == [2, 4, 0]
+
+
+def test_ssim_is_scikit_images_per_frame():
+    from skimage.metrics import structural_similarity
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (5, 84, 84), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    assert np.allclose(ssim_frames(a, a), 1.0)
+    assert np.allclose(ssim_frames(a, b), [structural_similarity(x, y, data_range=255) for x, y in zip(a, b)])
+
+
+def test_rollout_windows_stay_in_one_episode_and_align_actions():
+    ep = np.repeat(np.arange(4), [30, 12, 40, 25])
+    frames = np.zeros((len(ep), 84, 84), np.uint8)
+    data = FrameData(frames, (np.arange(len(ep)) % 6).astype(np.uint8), ep, None, "Pong", 6)  # uint8, as on disk
+    s = spread_starts(data, 20, 50)
+    assert (ep[s] == ep[s + 19]).all() and set(ep[s]) == {0, 2, 3}     # episode 1 is too short, the rest are used
+    _, acts, past = rollout_inputs(data, s, 4, 16)
+    assert (acts[:, 0].numpy() == data.actions[s + 3]).all()                # the action taken at the last context frame
+    assert (past.numpy() == data.actions[s[:, None] + np.arange(3)]).all()
+    assert (rollout_inputs(data, s, 4, 16, zero_actions=True)[1] == -1).all()
+
+
+def test_plausibility_and_triptych(val_data):
+    real = val_data.frames
+    p = plausibility(real, np.ones(len(real) - 1, bool))
+    assert p["ball"] == pytest.approx(probe(real)["ball"].mean()) and p["ball_moves"] > 0.9 and p["player_intact"] > 0.9
+    empty = plausibility(np.full_like(real, 87), np.ones(len(real) - 1, bool))
+    assert empty["ball"] == 0 and empty["player_intact"] == 0
+    v = triptych(real[:5], real[:5])
+    assert v.shape == (5, 252, 3 * 252 + 8) and (v[:, 20:, 2 * 256:] == 0).all()   # no difference below the label
+
+
+def test_heldout_recording_never_reuses_a_training_seed(trained):
+    with pytest.raises(ValueError, match="training"):
+        heldout_data(trained[0], HeldoutConfig(seed=trained[0].cfg.data.val_seed, policy="random"))
+    assert HeldoutConfig().policy != trained[0].cfg.data.policy          # by default another policy too
+
+
+def test_summary_prints_the_table(evaluated, capsys):
+    m, _ = evaluated
+    print_eval_summary(m)
+    text = capsys.readouterr().out
+    assert "mse h=1" in text and "copy_last" in text and "zero_action" in text
+    assert ("WARNING: copy-last-frame beats the model" in text) == bool(m["open_loop"]["copy_last_beats_model_mse_at"])
+
+
+def test_eval_run_makes_its_own_run_folder(trained, val_data, tmp_path):
+    ckpt = tmp_path / "last.pt"
+    trained[0].save(ckpt)
+    run_dir, _ = eval_run(ckpt, tmp_path / "runs", val_data, CFG, progress=False)
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.endswith("_pong_eval")
+    assert json.loads((run_dir / "metrics.json").read_text())["checkpoint"] == str(ckpt)
+
+
+def test_eval_command_writes_its_run_folder(trained, tmp_path):
+    import subprocess
+    import sys
+
+    import world_model as W
+    from conftest import ROOT
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    trained[0].save(ckpt)
+    small = [o for o in W.SMALL_BUDGET if o.startswith("heldout.")]
+    res = subprocess.run([sys.executable, "world_model.py", "eval", "--checkpoint", str(ckpt), *small,
+                          f"experiment.out_dir={tmp_path}/runs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (out,) = (tmp_path / "runs").iterdir()
+    assert out.name.endswith("_pong_eval")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["checkpoint"] == str(ckpt) and m["data"]["source"].startswith("recorded now: seed 1234, policy tracker")
+    assert (out / "plots" / "mse_vs_horizon.png").is_file() and (out / "metrics_by_horizon.csv").is_file()
+    assert "copy_last" in res.stdout and "probe vs RAM" in res.stdout
+    bad = subprocess.run([sys.executable, "world_model.py", "eval", "--checkpoint", str(tmp_path / "nope.pt")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not found" in bad.stderr
