@@ -3,7 +3,9 @@
 Runs `python world_model.py` in a fresh process exactly as a user would (data recording
 included), then prints a table: wall time per phase, total wall time, peak memory (RSS), the
 autoencoder's cost per training step, and the held-out object figures, also on episodes of
-seeds that no run or tuning ever saw. Figures go in the README; targets are not asserted.
+seeds that no run or tuning ever saw; then `python world_model.py eval` on the trained checkpoint
+(wall time, rollout speed) and the play session's milliseconds per step. Figures go in the README;
+targets are not asserted.
 """
 import json
 import resource
@@ -58,6 +60,15 @@ def main() -> None:
         (run,) = Path(tmp, "runs").iterdir()
         s = json.loads((run / "summary.json").read_text())
         fresh = fresh_seed_figures(run / "checkpoints" / "last.pt", cfg)
+        # The evaluation command on this checkpoint, as a user runs it (fresh held-out recording included).
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "world_model.py"), "eval", "--checkpoint",
+                        str(run / "checkpoints" / "best.pt"), f"experiment.out_dir={tmp}/eval"],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        eval_wall = time.perf_counter() - t0
+        (ev,) = Path(tmp, "eval").iterdir()
+        em = json.loads((ev / "metrics.json").read_text())
+        play = W.bench_play(W.WorldModel.load(run / "checkpoints" / "last.pt"))
     import torch
     t = s["times_s"]
     rows = [("record frames (train + held-out)", f"{t['data']:.1f} s"),
@@ -75,6 +86,12 @@ def main() -> None:
                      f"{100 * d[name + '_ball']:.1f} / {100 * d[name + '_player']:.1f} / {100 * d[name + '_opponent']:.1f} %"))
         rows.append((f"{label}, fresh seeds: MSE, ball tracked (seed medians, mean)",
                      f"{d[name + '_mse']:.5f}, {d[name + '_ball_tracked_median']:.1f} steps"))
+    sp = em["speed"]
+    rows += [("python world_model.py eval (best.pt), wall", f"{eval_wall:.1f} s"),
+             ("eval rollouts: batched / single stream", f"{sp['rollout_fps_batched']:.0f} / {sp['rollout_fps_single']:.0f} frames/s"),
+             ("play: one step (predict + decode), median", f"{play['step_ms']:.1f} ms"),
+             ("play: step + real game + draw (notebook PNG), median / p90",
+              f"{play['total_ms']:.1f} / {play['total_p90_ms']:.1f} ms")]
     print(f"| {'python world_model.py ' + ' '.join(overrides):<60} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
     print(f"|{'-' * 62}|{'-' * 32}|")
     for k, v in rows:
