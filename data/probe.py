@@ -39,6 +39,9 @@ def _drop_ball_fragments(on: np.ndarray, near_ball: np.ndarray, ball_y: np.ndarr
     return on & ~np.take_along_axis(fragment, run, 1)
 
 
+CHUNK = 2048  # frames probed at once
+
+
 def probe(frames: np.ndarray) -> dict[str, np.ndarray]:
     """Find the ball and both paddles in uint8 (N, 84, 84) Pong frames.
 
@@ -47,6 +50,9 @@ def probe(frames: np.ndarray) -> dict[str, np.ndarray]:
     <name>_rows (visible rows: ~6-7 at rest, up to ~12 while moving, fewer behind a wall).
     A ball overlapping a wall band (rows 13 or 77) is not seen: ~0.1 % of frames (validate_probe).
     """
+    if len(frames) > CHUNK:  # float copies of a long recording would cost 28 KB a frame: go in chunks
+        parts = [probe(frames[i:i + CHUNK]) for i in range(0, len(frames), CHUNK)]
+        return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
     f = np.asarray(frames, dtype=np.float32)
     n, (top, bottom) = len(f), PLAYFIELD
     field = f[:, top:bottom]                                              # (N, 63, 84)

@@ -114,3 +114,13 @@ def test_wandb_missing_package_says_so_once_and_trains(tmp_path):
               f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/assets", env=env, tmp=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("W&B:") == 1 and "not installed" in res.stderr
+
+
+def test_dataloader_workers_draw_the_same_batches(tiny_cfg, train_data, val_data):
+    """Batch t comes from (seed, phase, t) alone: worker processes change nothing but who reads it."""
+    hist = []
+    for extra in ([], ["data.num_workers=1", "data.prefetch_factor=2"]):
+        cfg = W.make_config(["ae.steps=6", "eval.val_every=3", *extra], base=tiny_cfg)
+        _, h = W.train_autoencoder(cfg, train_data, val_data, progress=False)
+        hist.append([r["val_loss"] for r in h])
+    assert hist[0] == hist[1] and len(hist[0]) == 3
