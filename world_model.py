@@ -671,17 +671,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
             loss, m = ae_loss(net, x.to(dev, non_blocking=True), cfg.ae, ae.background)
         prec.step(loss, opt, sched, cfg.ae.grad_clip)
         meter.add(len(x), loss=loss.detach(), mse=m["mse"])
-        if step % cfg.eval.log_every == 0 or step == cfg.ae.steps:
-            row = meter.row("ae", step, sched)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if run is not None:
-                run.log(row)
-        if step % cfg.eval.val_every == 0 or step == cfg.ae.steps:
-            vloss = validate(step)
-            if run is not None:
-                best = run.checkpoint(wm, "ae", step, opt, sched, vloss, best)
-            meter.t0 = time.perf_counter()  # throughput counts training, not validation
-        _die_at("ae", step)
+        best = end_of_step(cfg, "ae", step, meter, sched, bar, run, validate, wm, opt, best)
     return wm.eval(), history
 
 
@@ -776,18 +766,27 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
             loss = pred_loss(net, z_train[w], a, U, cfg.pred.loss, cfg.pred.huber_delta)
         prec.step(loss, opt, sched, cfg.pred.grad_clip)
         meter.add(len(w), loss=loss.detach())
-        if step % cfg.eval.log_every == 0 or step == cfg.pred.steps:
-            row = meter.row("pred", step, sched)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if run is not None:
-                run.log(row)
-        if step % cfg.eval.val_every == 0 or step == cfg.pred.steps:
-            vloss = validate(step)
-            if run is not None:
-                best = run.checkpoint(wm, "pred", step, opt, sched, vloss, best)
-            meter.t0 = time.perf_counter()  # throughput counts training, not validation
-        _die_at("pred", step)
+        best = end_of_step(cfg, "pred", step, meter, sched, bar, run, validate, wm, opt, best)
     return wm.eval(), history
+
+
+def end_of_step(cfg: Config, phase: str, step: int, meter: "Meter", sched, bar, run: "Run | None", validate,
+                wm: WorldModel, opt: torch.optim.Optimizer, best: float) -> float:
+    """The end of a training step, the same in both loops: a metrics row every log_every steps, a
+    validation (with checkpoints) every val_every steps and at the last; returns the best validation loss."""
+    steps = getattr(cfg, phase).steps
+    if step % cfg.eval.log_every == 0 or step == steps:
+        row = meter.row(phase, step, sched)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if run is not None:
+            run.log(row)
+    if step % cfg.eval.val_every == 0 or step == steps:
+        vloss = validate(step)
+        if run is not None:
+            best = run.checkpoint(wm, phase, step, opt, sched, vloss, best)
+        meter.t0 = time.perf_counter()  # throughput counts training, not validation
+    _die_at(phase, step)
+    return best
 
 
 class Meter:

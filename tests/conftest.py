@@ -34,3 +34,17 @@ def trained(tiny_cfg, train_data, val_data):
     wm, ae_hist = W.train_autoencoder(tiny_cfg, train_data, val_data, progress=False)
     wm, pred_hist = W.train_predictor(tiny_cfg, wm, train_data, val_data, progress=False)
     return wm, ae_hist, pred_hist
+
+
+def execute_notebook(nb, out_dir, timeout: int = 300) -> None:
+    """Run a notebook (nbformat object, modified in place) in small-budget mode, writing under out_dir."""
+    import os
+    from nbclient import NotebookClient
+    env = {"WM_SMOKE": "1", "WM_OVERRIDES": f"experiment.out_dir={out_dir}/runs experiment.assets_dir={out_dir}/assets"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

@@ -1,5 +1,4 @@
 """The real CLI and the real notebook, run end to end on the small budget."""
-import os
 import subprocess
 import sys
 
@@ -7,7 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 
 import world_model as W
-from conftest import ROOT
+from conftest import ROOT, execute_notebook
 
 
 def test_cli_runs_the_whole_pipeline(tmp_path):
@@ -52,16 +51,8 @@ def test_cli_bad_override_is_one_line_and_nonzero(tmp_path):
 
 def test_notebook_executes_end_to_end(tmp_path):
     import nbformat
-    from nbclient import NotebookClient
     nb = nbformat.read(ROOT / "train.ipynb", as_version=4)
-    env = {"WM_SMOKE": "1", "WM_OVERRIDES": f"experiment.out_dir={tmp_path}/runs experiment.assets_dir={tmp_path}/assets"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    execute_notebook(nb, tmp_path)
     assert (tmp_path / "assets" / "real_vs_recon.png").is_file()
     assert iio.imread(tmp_path / "assets" / "pong_fake.gif", index=None).shape[0] == 20
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -9,7 +9,7 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, execute_notebook
 
 from data.probe import probe
 from world_model import PlaySession, bench_play, play_desktop
@@ -115,7 +115,6 @@ def test_bench_reports_milliseconds_per_step(trained):
 def test_notebook_play_cell_steps_on_button_presses(checkpoint):
     """The notebook's config cell and play cells, then a scripted cell that presses the buttons."""
     import nbformat
-    from nbclient import NotebookClient
     pytest.importorskip("ipywidgets")
     nb = nbformat.read(ROOT / "train.ipynb", as_version=4)
     config = next(c for c in nb.cells if c.cell_type == "code" and "WM_SMOKE" in c.source)
@@ -130,14 +129,7 @@ def test_notebook_play_cell_steps_on_button_presses(checkpoint):
         "player.buttons['Resync'].click(); player.buttons['Save GIF'].click()\n"
         "print('RESYNCED', s.t, s.resyncs)")
     nb.cells = [config, *play, press]                  # in memory only: train.ipynb is not rewritten
-    env = {"WM_SMOKE": "1", "WM_OVERRIDES": f"experiment.out_dir={checkpoint}/runs experiment.assets_dir={checkpoint}/assets"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    execute_notebook(nb, checkpoint, timeout=120)
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in play[1].outputs)
