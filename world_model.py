@@ -22,6 +22,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -188,7 +189,8 @@ class Config:
                         ("data.val_steps", d.val_steps), ("ae.batch_size", self.ae.batch_size),
                         ("pred.batch_size", self.pred.batch_size), ("eval.val_every", self.eval.val_every),
                         ("eval.log_every", self.eval.log_every), ("eval.val_frames", self.eval.val_frames),
-                        ("eval.fps", self.eval.fps)]:
+                        ("eval.fps", self.eval.fps), *((f"heldout.{k}", getattr(self.heldout, k)) for k in
+                        ("steps", "horizon", "starts", "long_horizon", "dream_steps", "dreams", "fps", "batch_frames"))]:
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if self.model.width % 8:
@@ -200,12 +202,6 @@ class Config:
                                  ("experiment.wandb.mode", self.experiment.wandb.mode, ("disabled", "offline", "online"))]:
             if v not in allowed:
                 raise ValueError(f"{name}={v!r} is not one of {', '.join(allowed)}")
-        h = self.heldout
-        for name, v in [("heldout.steps", h.steps), ("heldout.horizon", h.horizon), ("heldout.starts", h.starts),
-                        ("heldout.long_horizon", h.long_horizon), ("heldout.dream_steps", h.dream_steps),
-                        ("heldout.dreams", h.dreams), ("heldout.fps", h.fps), ("heldout.batch_frames", h.batch_frames)]:
-            if v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
         if not 0 < d.val_fraction < 1:
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {d.val_fraction}")
         if d.num_workers < 0:
@@ -217,7 +213,7 @@ class Config:
             need = self.model.context + self.eval.rollout_frames
             raise ValueError(f"data.val_steps={d.val_steps} is too short for a {self.eval.rollout_frames}-frame rollout "
                              f"after {self.model.context} context frames: use >= {need}")
-        dev = pick_device("cpu" if t.cpu else t.device)
+        dev = train_device(self)
         if not t.cpu and t.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("train.device=cuda but torch sees no CUDA device: use train.device=auto or cpu")
         if dev.type != "cuda":
@@ -430,17 +426,28 @@ class WorldModel(nn.Module):
         """Many dreams: uint8 (B, K, 84, 84), int (B, H), optional int (B, K - 1) -> float (B, H, 84, 84) in 0..1."""
         self.eval()
         B, K = context.shape[:2]
-        p, dev = self.predictor, self.device
+        dev = self.device
         if context_actions is None:
             context_actions = torch.full((B, K - 1), -1, dtype=torch.long)    # unknown
         history = torch.cat([context_actions.long(), actions.long()], 1).to(dev)  # (B, K - 1 + H)
-        z = p.normalize(self.ae.encode(context.flatten(0, 1).to(dev)).view(B, K, -1))  # (B, K, D)
+        z = self.encode_context(context)                                      # (B, K, D)
         out = []
         for i in range(actions.shape[1]):
-            nxt = p(z, history[:, i:i + K])                                 # (B, D)
-            out.append(self.ae.decode(p.denormalize(nxt)))                 # (B, 84, 84)
-            z = torch.cat([z[:, 1:], nxt[:, None]], 1)                     # slide the window
+            z, frame = self.dream_step(z, history[:, i:i + K])
+            out.append(frame)                                                  # (B, 84, 84)
         return torch.stack(out, 1) if out else torch.zeros(B, 0, 84, 84)
+
+    def encode_context(self, context: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, K, 84, 84) -> the predictor's normalised latent window (B, K, D)."""
+        B, K = context.shape[:2]
+        return self.predictor.normalize(self.ae.encode(context.flatten(0, 1).to(self.device)).view(B, K, -1))
+
+    def dream_step(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One open-loop step: window (B, K, D) and the actions at its K frames (B, K) -> the window
+        slid by the predicted latent, and the decoded frame float (B, 84, 84) in 0..1 (unclamped)."""
+        p = self.predictor
+        nxt = p(z, actions)                                                    # (B, D) normalised
+        return torch.cat([z[:, 1:], nxt[:, None]], 1), self.ae.decode(p.denormalize(nxt))
 
     def save(self, path: str | Path, **extra) -> None:
         """Self-describing checkpoint, written to a temporary file and renamed (never half-written)."""
@@ -455,8 +462,7 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, where: str = "checkpoint") -> "WorldModel":
-        cfg = make_config(base=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])))
-        wm = cls(cfg, ckpt["num_actions"], ckpt["game"])
+        wm = cls(checkpoint_config(ckpt), ckpt["num_actions"], ckpt["game"])
         try:
             wm.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -484,10 +490,15 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"checkpoint {path} is not a Neural-Atari Regen checkpoint of format {CHECKPOINT_FORMAT} "
                          f"(found format {got}): retrain with this version")
     try:
-        make_config(base=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])))
+        checkpoint_config(ckpt)
     except (ValueError, KeyError) as e:
         raise ValueError(f"checkpoint {path} holds a config this version cannot read ({e})") from None
     return ckpt
+
+
+def checkpoint_config(ckpt: dict) -> Config:
+    """The Config a checkpoint was written with, checked like any other."""
+    return make_config(base=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])))
 
 # ------------------------------------------------------------------------------------ batching
 
@@ -501,8 +512,8 @@ def step_rng(cfg: Config, phase: str, step: int) -> np.random.Generator:
 class FrameBatches(torch.utils.data.Dataset):
     """Autoencoder batches by step number: item t is the uint8 (B, 84, 84) batch of step t.
 
-    Frames stay uint8 (and on disk, for memory-mapped datasets) until the model's first line;
-    sorted indices make a memory-mapped gather read each page once.
+    Frames stay uint8 (and on disk, for recorded datasets) until the model's first line;
+    sorted indices make a gather from disk read the files in order.
     """
 
     def __init__(self, cfg: Config, data: FrameData):
@@ -617,11 +628,11 @@ def ae_loss(ae: nn.Module, frames: torch.Tensor, c: AEConfig, background: torch.
         pr, pt = F.max_pool2d(recon[:, None], 3, 1, 1), max_pool3(target[:, None])
         pb = ((pt > c.bright_threshold) | (pr.detach() > c.bright_threshold)).float()
         loss = loss + c.peak_weight * (pb * (pr - pt) ** 2).mean()
-    return loss, {"mse": F.mse_loss(recon.detach(), target)}
+    return loss, {"mse": F.mse_loss(recon.detach(), target), "recon": r}
 
 
 def _background(frames: np.ndarray, n: int = 4096) -> np.ndarray:
-    """Per-pixel median of up to n evenly spaced frames (a memory-mapped dataset is never read whole)."""
+    """Per-pixel median of up to n evenly spaced frames (a dataset on disk is never read whole)."""
     idx = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).astype(np.int64))
     return np.median(frames[idx], axis=0).astype(np.float32) / 255                   # (84, 84)
 
@@ -647,8 +658,8 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
     def validate(step: int) -> float:
         ae.eval()
         with torch.no_grad():
-            vloss, _ = ae_loss(ae, val_x.to(dev), cfg.ae)
-            recon = wm.reconstruct(val_x)
+            vloss, m = ae_loss(ae, val_x.to(dev), cfg.ae)
+        recon = _to_uint8(m["recon"])                                        # what wm.reconstruct(val_x) returns
         ok = object_agreement(val_x.numpy(), recon)
         row = {"phase": "ae", "step": step, "val_loss": vloss.item(),
                "recon_mse": pixel_mse(recon, val_x.numpy()),
@@ -677,7 +688,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
 
 @torch.no_grad()
 def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """uint8 (N, 84, 84) -> latents (N, D) with the frozen encoder (reads a memory-mapped array in chunks)."""
+    """uint8 (N, 84, 84) -> latents (N, D) with the frozen encoder (reads frames on disk in chunks)."""
     wm.eval()
     # Written into one preallocated tensor: a list of small long-lived results interleaved with the big
     # per-batch temporaries fragments the heap, and RSS grew by ~14 MB a batch (8.6 GB for 270k frames).
@@ -724,6 +735,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
         first, best = _restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
     vs = val.starts(K + 1)
     vone = vs[np.linspace(0, len(vs) - 1, 8).astype(int)]                               # one-step picture starts
+    vvid = val.starts(K + cfg.eval.video_frames)[:1]                                    # the video's start, if any
     history = []
 
     def validate(step: int) -> float:
@@ -742,9 +754,8 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
         if run is not None:
             run.log_val(row)
             run.image(f"pred_step{step:06d}.png", strip(real, nxt))
-            s = val.starts(K + cfg.eval.video_frames)
-            if len(s):
-                s, H = int(s[0]), cfg.eval.video_frames
+            if len(vvid):
+                s, H = int(vvid[0]), cfg.eval.video_frames
                 dream = wm.rollout(val.frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
                 run.video(f"pred_step{step:06d}", side_by_side(np.asarray(val.frames[s + K:s + K + H]), dream))
         return vu
@@ -921,9 +932,12 @@ class Run:
         best = min(best, val_loss)
         state = dict(phase=phase, step=step, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                      rng={"torch": torch.get_rng_state()}, val_loss=val_loss, best=best)
-        wm.save(self.path / "checkpoints" / "last.pt", **state)
-        if val_loss <= best:
-            wm.save(self.path / "checkpoints" / "best.pt", **state)
+        last = self.path / "checkpoints" / "last.pt"
+        wm.save(last, **state)
+        if val_loss <= best:  # the same bytes: copy, then rename (never a half-written best.pt)
+            tmp = last.with_name("best.pt.tmp")
+            shutil.copyfile(last, tmp)
+            os.replace(tmp, last.with_name("best.pt"))
         return best
 
     def _wandb_log(self, values: dict, row: dict | None = None) -> None:
@@ -1058,9 +1072,9 @@ def evaluate(cfg: Config, wm: WorldModel, val: FrameData, write_assets: bool = T
     """Held-out figures (reconstruction MSE, object agreement, dream tracking) and the two assets."""
     frames = np.asarray(val.frames)
     recon = wm.reconstruct(frames)
-    mse = pixel_mse(recon, frames)
-    ok = object_agreement(frames, recon)
-    has_ball = probe(frames)["ball"]
+    real_probe = probe(frames)
+    rec = reconstruction_figures(frames, recon, real_probe)
+    has_ball = real_probe["ball"]
     # Dream from the first held-out window long enough, with the actions the player took there.
     K, H = wm.context, cfg.eval.rollout_frames
     s = val.starts(K + H)
@@ -1075,11 +1089,22 @@ def evaluate(cfg: Config, wm: WorldModel, val: FrameData, write_assets: bool = T
         save_recon_png(frames[pick], recon[pick], Path(cfg.experiment.assets_dir) / "real_vs_recon.png")
         save_gif(side_by_side(real, dream), Path(cfg.experiment.assets_dir) / "pong_fake.gif", cfg.eval.fps)
     return {
-        "val_frames": len(val), "val_recon_mse": mse,
-        "recon_ball": float(ok["ball"].mean()),
-        "recon_ball_present": float(ok["ball"][has_ball].mean()) if has_ball.any() else float("nan"),
-        "recon_player": float(ok["player"].mean()), "recon_opponent": float(ok["opponent"].mean()),
+        "val_frames": len(val), "val_recon_mse": rec["mse"], "recon_ball": rec["ball"],
+        "recon_ball_present": rec["ball_on_frames_with_ball"], "recon_player": rec["player"],
+        "recon_opponent": rec["opponent"],
     } | dream_figures(wm, val)
+
+
+def reconstruction_figures(frames: np.ndarray, recon: np.ndarray, real_probe: dict | None = None) -> dict[str, float]:
+    """Pixel MSE and object agreement of reconstructions of real uint8 (N, 84, 84) frames; pass
+    probe(frames) if it is at hand."""
+    pr = probe(frames) if real_probe is None else real_probe
+    ok = compare_probes(pr, probe(recon))
+    has_ball = pr["ball"]
+    return {"mse": pixel_mse(recon, frames),
+            "ball_on_frames_with_ball": float(ok["ball"][has_ball].mean()) if has_ball.any() else float("nan"),
+            **{k: float(ok[k].mean()) for k in ("ball", "player", "opponent")}}
+
 
 def dream_figures(wm: WorldModel, data: FrameData, horizon: int = 30, every: int = 25, max_starts: int = 400) -> dict:
     """Open-loop dreams from many start points (every `every` frames) against the real continuation,
@@ -1110,7 +1135,7 @@ def dream_figures(wm: WorldModel, data: FrameData, horizon: int = 30, every: int
 def heldout_data(wm: WorldModel, cfg: HeldoutConfig) -> FrameData:
     """Freshly recorded episodes the model never trained on: another seed than its recordings."""
     d = wm.cfg.data
-    if getattr(d, "source", "ale") == "ale" and cfg.policy == d.policy and cfg.seed in (d.seed, d.val_seed):
+    if d.source == "ale" and cfg.policy == d.policy and cfg.seed in (d.seed, d.val_seed):
         raise ValueError(f"eval seed {cfg.seed} is one of the training recording's seeds ({d.seed}, {d.val_seed})")
     return record(wm.game, cfg.steps, cfg.seed, cfg.policy)
 
@@ -1255,11 +1280,8 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     recon = np.empty_like(frames)
     for i in range(0, len(z), batch):
         recon[i:i + batch] = _to_uint8(wm.ae.decode(z[i:i + batch]))
-    ok, has_ball = object_agreement(frames, recon), probe(frames)["ball"]
+    rec = {"frames": len(frames)} | reconstruction_figures(frames, recon)
     mse = pixel_mse
-    rec = {"frames": len(frames), "mse": mse(recon, frames),
-           "ball_on_frames_with_ball": float(ok["ball"][has_ball].mean()) if has_ball.any() else float("nan")
-           } | {k: float(v.mean()) for k, v in ok.items()}
     s = data.starts(K + 1)
     if len(s) == 0:
         return rec, {"windows": 0}
@@ -1396,10 +1418,11 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
 
 
 def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | Path,
-                        cfg: HeldoutConfig | None = None, progress: bool = True) -> dict:
+                        cfg: HeldoutConfig | None = None, progress: bool = True, checkpoint: str | None = None) -> dict:
     """Everything issue 5 asks, written to out_dir: metrics.json, metrics_by_horizon.csv, plots/, videos/.
 
-    data: held-out episodes (None: recorded now with cfg.seed and cfg.policy). Returns metrics.json's dict.
+    data: held-out episodes (None: recorded now with cfg.seed and cfg.policy); checkpoint: the file
+    `wm` came from, recorded in metrics.json. Returns metrics.json's dict.
     """
     cfg = cfg or HeldoutConfig()
     times, t0 = {}, time.perf_counter()
@@ -1467,6 +1490,8 @@ def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | P
     m["times_s"] = times
     worse = ol["copy_last_beats_model_mse_at"]
     m["warnings"] = [f"copy-last-frame beats the model on MSE at horizons {_ranges(worse)}"] if worse else []
+    if checkpoint is not None:
+        m["checkpoint"] = checkpoint
     (out_dir / "metrics.json").write_text(json.dumps(m, indent=1))
     return m
 
@@ -1478,9 +1503,7 @@ def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameDa
     run_dir = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{wm.game.lower()}_eval"
     while run_dir.exists():
         run_dir = run_dir.with_name(run_dir.name + "_")
-    m = evaluate_checkpoint(wm, data, run_dir, cfg, progress=progress)
-    m["checkpoint"] = str(checkpoint)
-    (run_dir / "metrics.json").write_text(json.dumps(m, indent=1))
+    m = evaluate_checkpoint(wm, data, run_dir, cfg, progress=progress, checkpoint=str(checkpoint))
     if progress:
         print_eval_summary(m)
         print(f"run folder        {run_dir}")
@@ -1627,10 +1650,8 @@ class PlaySession:
     def _restart(self, context: np.ndarray, context_actions: np.ndarray) -> None:
         """Dream from these K real frames: encode them once; the next steps only predict and decode."""
         self.context = np.ascontiguousarray(context)                              # uint8 (K, 84, 84)
-        p = self.wm.predictor
         with _one_thread():
-            z = self.wm.ae.encode(torch.from_numpy(self.context).to(self.wm.device))  # (K, D)
-        self._z = p.normalize(z)[None]                                            # (1, K, D)
+            self._z = self.wm.encode_context(torch.from_numpy(self.context)[None])   # (1, K, D)
         self._past = torch.as_tensor(context_actions, dtype=torch.long).view(1, self.K - 1).to(self.wm.device)
         self.frame = self.context[-1]
         self.real_frame = self.context[-1] if self.has_real else None
@@ -1660,12 +1681,10 @@ class PlaySession:
     def step(self, action: int | str) -> np.ndarray:
         """Dream one step with `action` (the real game, if any, takes it too): uint8 (84, 84)."""
         a = self.action(action)
-        p, wm = self.wm.predictor, self.wm
-        acts = torch.cat([self._past, torch.tensor([[a]], device=wm.device)], 1)  # (1, K): action at each latent
+        acts = torch.cat([self._past, torch.tensor([[a]], device=self.wm.device)], 1)  # (1, K): action at each latent
         with _one_thread():
-            nxt = p(self._z, acts)                                                 # (1, D) normalised
-            self.frame = _to_uint8(wm.ae.decode(p.denormalize(nxt)))[0]           # (84, 84)
-        self._z = torch.cat([self._z[:, 1:], nxt[:, None]], 1)                    # slide the window
+            self._z, frame = self.wm.dream_step(self._z, acts)
+        self.frame = _to_uint8(frame)[0]                                          # (84, 84)
         self._past = acts[:, 1:]
         self.dream_frames.append(self.frame)
         self.actions_taken.append(a)

@@ -153,11 +153,12 @@ def ale_env_id(game: str) -> str:
     return f"ALE/{game}-v5"
 
 
-def make_env(game: str = "Pong"):
-    """One ALE environment with DQN preprocessing: observations uint8 (84, 84)."""
+def make_env(game: str = "Pong", inner=None):
+    """One ALE environment with DQN preprocessing: observations uint8 (84, 84). `inner` (optional)
+    wraps the emulator below the frame skip, where it sees every raw frame (data.probe's RAM log)."""
     import gymnasium as gym
     env = gym.make(ale_env_id(game), **ENV_SETTINGS)
-    return gym.wrappers.AtariPreprocessing(env, **PREPROCESSING)
+    return gym.wrappers.AtariPreprocessing(inner(env) if inner else env, **PREPROCESSING)
 
 
 @functools.cache

@@ -175,7 +175,7 @@ def record_labelled(game: str = "Pong", steps: int = 1500, seed: int = 0) -> tup
     """
     import gymnasium as gym
 
-    from data.d4rl_frames import ENV_SETTINGS, PREPROCESSING, ale_env_id
+    from data.d4rl_frames import make_env
 
     class RamLog(gym.Wrapper):   # between the emulator and the frame skip: sees every raw frame
         def __init__(self, env):
@@ -192,8 +192,8 @@ def record_labelled(game: str = "Pong", steps: int = 1500, seed: int = 0) -> tup
             self.last = [None, self.unwrapped.ale.getRAM().copy()]
             return res
 
-    log = RamLog(gym.make(ale_env_id(game), **ENV_SETTINGS))
-    env = gym.wrappers.AtariPreprocessing(log, **PREPROCESSING)
+    env = make_env(game, inner=RamLog)
+    log = env.env                                                              # the RamLog under the frame skip
     rng = np.random.default_rng(seed)
     frames = np.empty((steps, 84, 84), np.uint8)
     ram = np.empty((steps, 2, 128), np.uint8)
