@@ -31,14 +31,15 @@ def ae_step_gflop(cfg) -> float:
     return fc.get_total_flops() / 1e9
 
 
-def fresh_seed_figures(ckpt: Path, cfg, seeds=(101, 102, 103), steps: int = 1000) -> dict:
+def fresh_seed_figures(ckpt: Path, cfg, seeds=(301, 302, 303), steps: int = 1000, policy: str | None = None) -> dict:
     """Object agreement of the trained model's reconstructions on episodes recorded with seeds
-    never used in training or in choosing the recipe (which looked at seed 1)."""
+    never used in training or in choosing the recipe (which looked at seeds 1, 101-103, 111-112, 201-205);
+    `policy`: another policy than training's (None: the same)."""
     import numpy as np
     import world_model as W
     from data.d4rl_frames import record
     wm = W.WorldModel.load(ckpt)
-    data = [record(cfg.data.game, steps, sd, cfg.data.policy) for sd in seeds]
+    data = [record(cfg.data.game, steps, sd, policy or cfg.data.policy) for sd in seeds]
     frames = np.concatenate([d.frames for d in data])
     ok = W.object_agreement(frames, wm.reconstruct(frames))
     dreams = [W.dream_figures(wm, d) for d in data]
@@ -60,6 +61,8 @@ def main() -> None:
         (run,) = Path(tmp, "runs").iterdir()
         s = json.loads((run / "summary.json").read_text())
         fresh = fresh_seed_figures(run / "checkpoints" / "last.pt", cfg)
+        other = "tracker" if cfg.data.policy != "tracker" else "random"
+        fresh_other = fresh_seed_figures(run / "checkpoints" / "last.pt", cfg, (311, 312), policy=other)
         # The evaluation command on this checkpoint, as a user runs it (fresh held-out recording included).
         t0 = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "world_model.py"), "eval", "--checkpoint",
@@ -79,7 +82,9 @@ def main() -> None:
             ("peak memory (max RSS)", f"{peak_mb:.0f} MB"),
             (f"autoencoder step cost, batch {cfg.ae.batch_size}", f"{ae_step_gflop(cfg):.2f} GFLOP"),
             ("held-out ball / player / opponent kept", f"{100 * s['recon_ball']:.1f} / {100 * s['recon_player']:.1f} / {100 * s['recon_opponent']:.1f} %"),
-            (f"same, fresh seeds {fresh['seeds']}, {fresh['n']} frames", f"{100 * fresh['ball']:.1f} / {100 * fresh['player']:.1f} / {100 * fresh['opponent']:.1f} %")]
+            (f"same, fresh seeds {fresh['seeds']}, {fresh['n']} frames", f"{100 * fresh['ball']:.1f} / {100 * fresh['player']:.1f} / {100 * fresh['opponent']:.1f} %"),
+            (f"same, {other} policy, seeds {fresh_other['seeds']}, {fresh_other['n']} frames",
+             f"{100 * fresh_other['ball']:.1f} / {100 * fresh_other['player']:.1f} / {100 * fresh_other['opponent']:.1f} %")]
     d = fresh["dream"]
     for name, label in (("dream", "30-step dream"), ("copy_last", "copy-last-frame")):
         rows.append((f"{label}, fresh seeds: ball / player / opponent kept",

@@ -24,6 +24,46 @@ def test_losses_fall_on_real_frames(trained):
     assert pred_hist[-1]["val_loss"] < pred_hist[0]["val_loss"]
 
 
+class _Fixed(torch.nn.Module):
+    """An 'autoencoder' that draws a given reconstruction, to look at the loss alone."""
+
+    def __init__(self, recon: torch.Tensor, background: torch.Tensor):
+        super().__init__()
+        self.recon, self.background = recon, background
+
+    def forward(self, frames):
+        return self.recon
+
+
+def test_margin_loss_punishes_ball_bright_paddles_and_dim_balls(val_data):
+    from data.probe import probe
+    frames = val_data.frames[:64]
+    p = probe(frames)
+    i = int(np.flatnonzero(p["ball"] & p["player"])[0])
+    x = torch.from_numpy(frames[i:i + 1])                                    # (1, 84, 84)
+    target, bg = x.float() / 255, torch.from_numpy(W._background(frames))
+    c = W.make_config([]).ae
+    thr, m = c.bright_threshold, c.margin
+    y = int(round(p["player_y"][i]))
+
+    def margin_term(recon):
+        on = W.ae_loss(_Fixed(recon, bg), x, c)[0]
+        off = W.ae_loss(_Fixed(recon, bg), x, W.AEConfig(margin_weight=0.0))[0]
+        return (on - off).item()
+
+    base = margin_term(target.clone())
+    ghost = target.clone()
+    ghost[0, y, 74] = 0.62                  # a paddle pixel drawn 'ball-bright' (the real one is <= 0.58)
+    assert target[0, y, 74] <= thr - 0.01
+    expected = c.margin_weight * ((0.62 - (thr - m)) ** 2 - max(target[0, y, 74].item() - (thr - m), 0) ** 2) / 84 ** 2
+    assert margin_term(ghost) - base == pytest.approx(expected, rel=1e-3)
+    dim = target.clone()
+    by, bx = int(round(p["ball_y"][i])), int(round(p["ball_x"][i]))
+    peak = target[0, by - 1:by + 2, bx - 1:bx + 2].max()
+    dim[0][dim[0] == peak] = thr - 0.05    # the ball drawn just too dim for the probe
+    assert margin_term(dim) > base + c.margin_weight * (m + 0.05) ** 2 / 84 ** 2 * 0.99
+
+
 def test_actions_change_the_dream(trained, val_data):
     wm, _, _ = trained
     ctx = val_data.frames[:wm.context]
@@ -106,6 +146,7 @@ def test_rollout_and_reconstruct_reject_bad_actions_and_frames(trained, val_data
     (["experiment.wandb.mode=on"], "experiment.wandb.mode"),
     (["optim.lr=fast"], "optim.lr"),
     (["data.val_fraction=1.5"], "val_fraction"),
+    (["ae.margin_weight=-1"], "ae.margin_weight must be >= 0"),
 ])
 def test_bad_config_is_one_clear_error(overrides, msg):
     with pytest.raises(ValueError, match=msg):

@@ -124,3 +124,26 @@ def test_dataloader_workers_draw_the_same_batches(tiny_cfg, train_data, val_data
         _, h = W.train_autoencoder(cfg, train_data, val_data, progress=False)
         hist.append([r["val_loss"] for r in h])
     assert hist[0] == hist[1] and len(hist[0]) == 3
+
+
+def test_returned_balls_are_found_and_drawn_more_often(tiny_cfg):
+    """Frames whose ball moves toward the opponent (rare in random play) weigh 1 + returned_ball_weight."""
+    from data.d4rl_frames import record
+    data = record("Pong", 600, seed=5, policy="tracker")          # the tracker returns the ball
+    left = W.returned_ball(data)
+    # Against the emulator: the RAM's ball x falls between the two frames (same episode, ball shown).
+    x = data.ram[:, 49].astype(int)
+    ram_left = np.r_[False, (np.diff(x) < 0) & (data.episode[1:] == data.episode[:-1])]
+    assert 0.05 < left.mean() < 0.6
+    assert (left & ram_left).sum() >= 0.95 * left.sum()            # what it calls returned is returned
+    share = {}
+    for k in (0.0, 3.0):
+        cfg = W.make_config([f"ae.returned_ball_weight={k}", "ae.steps=200", "ae.batch_size=64"], base=tiny_cfg)
+        batches = W.FrameBatches(cfg, data)
+        idx = np.concatenate([batches.indices(t) for t in range(1, 201)])
+        assert np.array_equal(batches[7].numpy(), data.frames[batches.indices(7)])
+        share[k] = left[idx].mean()
+    q = left.mean()
+    assert share[0.0] == pytest.approx(q, abs=0.03)
+    assert share[3.0] == pytest.approx(4 * q / (1 + 3 * q), abs=0.03)
+
