@@ -87,7 +87,7 @@ class AEConfig:
     peak_weight: float = 100.0    # weight of the max-pooled (3x3) MSE on bright pixels: keeps the ball sharp
     margin_weight: float = 1000.0  # weight of the brightness-margin hinge: only the ball may look like the ball
     margin: float = 0.04          # non-ball pixels stay below bright_threshold - margin, ball pixels above it + margin
-    returned_ball_weight: float = 3.0  # Pong: frames whose ball moves toward the opponent are drawn 1 + this times as often
+    returned_ball_weight: float = 3.0  # Pong: frames whose ball moves toward the opponent weigh 1 + this in batches
     grad_clip: float = 1.0        # max gradient norm (the weights jump when a ghost object appears)
 
 

@@ -84,7 +84,7 @@ def main() -> None:
             ("held-out ball / player / opponent kept", f"{100 * s['recon_ball']:.1f} / {100 * s['recon_player']:.1f} / {100 * s['recon_opponent']:.1f} %"),
             (f"same, fresh seeds {fresh['seeds']}, {fresh['n']} frames", f"{100 * fresh['ball']:.1f} / {100 * fresh['player']:.1f} / {100 * fresh['opponent']:.1f} %"),
             (f"same, {other} policy, seeds {fresh_other['seeds']}, {fresh_other['n']} frames",
-             f"{100 * fresh_other['ball']:.1f} / {100 * fresh_other['player']:.1f} / {100 * fresh_other['opponent']:.1f} %")]
+             " / ".join(f"{100 * fresh_other[k]:.1f}" for k in ("ball", "player", "opponent")) + " %")]
     d = fresh["dream"]
     for name, label in (("dream", "30-step dream"), ("copy_last", "copy-last-frame")):
         rows.append((f"{label}, fresh seeds: ball / player / opponent kept",
