@@ -31,20 +31,22 @@ def ae_step_gflop(cfg) -> float:
     return fc.get_total_flops() / 1e9
 
 
-def fresh_seed_figures(ckpt: Path, cfg, seeds=(301, 302, 303), steps: int = 1000, policy: str | None = None) -> dict:
-    """Object agreement of the trained model's reconstructions on episodes recorded with seeds
-    never used in training or in choosing the recipe (which looked at seeds 1, 101-103, 111-112, 201-205);
-    `policy`: another policy than training's (None: the same)."""
+def fresh_seed_figures(wm, cfg, seeds=(301, 302, 303), steps: int = 1000, policy: str | None = None,
+                       dreams: bool = True) -> dict:
+    """Object agreement of the trained model's reconstructions (and, with `dreams`, 30-step dreams)
+    on episodes recorded with seeds never used in training or in choosing the recipe (which looked
+    at seeds 1, 101-103, 111-112, 201-205); `policy`: another policy than training's (None: the same)."""
     import numpy as np
     import world_model as W
     from data.d4rl_frames import record
-    wm = W.WorldModel.load(ckpt)
     data = [record(cfg.data.game, steps, sd, policy or cfg.data.policy) for sd in seeds]
     frames = np.concatenate([d.frames for d in data])
     ok = W.object_agreement(frames, wm.reconstruct(frames))
-    dreams = [W.dream_figures(wm, d) for d in data]
-    dream = {k: float(np.mean([d[k] for d in dreams])) for k in dreams[0]}   # equal starts per seed
-    return {k: float(v.mean()) for k, v in ok.items()} | {"n": len(frames), "seeds": seeds, "dream": dream}
+    out = {k: float(v.mean()) for k, v in ok.items()} | {"n": len(frames), "seeds": seeds}
+    if dreams:
+        per_seed = [W.dream_figures(wm, d) for d in data]
+        out["dream"] = {k: float(np.mean([d[k] for d in per_seed])) for k in per_seed[0]}   # equal starts per seed
+    return out
 
 
 def main() -> None:
@@ -60,9 +62,10 @@ def main() -> None:
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         (run,) = Path(tmp, "runs").iterdir()
         s = json.loads((run / "summary.json").read_text())
-        fresh = fresh_seed_figures(run / "checkpoints" / "last.pt", cfg)
+        wm = W.WorldModel.load(run / "checkpoints" / "last.pt")
+        fresh = fresh_seed_figures(wm, cfg)
         other = "tracker" if cfg.data.policy != "tracker" else "random"
-        fresh_other = fresh_seed_figures(run / "checkpoints" / "last.pt", cfg, (311, 312), policy=other)
+        fresh_other = fresh_seed_figures(wm, cfg, (311, 312), policy=other, dreams=False)
         # The evaluation command on this checkpoint, as a user runs it (fresh held-out recording included).
         t0 = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "world_model.py"), "eval", "--checkpoint",
@@ -71,7 +74,7 @@ def main() -> None:
         eval_wall = time.perf_counter() - t0
         (ev,) = Path(tmp, "eval").iterdir()
         em = json.loads((ev / "metrics.json").read_text())
-        play = W.bench_play(W.WorldModel.load(run / "checkpoints" / "last.pt"))
+        play = W.bench_play(wm)
     import torch
     t = s["times_s"]
     rows = [("record frames (train + held-out)", f"{t['data']:.1f} s"),
