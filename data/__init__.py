@@ -1,1 +1,10 @@
-"""Frame sources for the world model (see data/d4rl_frames.py)."""
+"""Frame sources for the world model (see data/d4rl_frames.py), and the errors users can fix."""
+
+
+class UsageError(ValueError):
+    """Bad input a user can fix (a config value, a file, a game name): the command line prints it as
+    one line and exits 2. Any other exception is a bug and keeps its traceback."""
+
+
+class MissingInput(UsageError, FileNotFoundError):
+    """A file or folder the user named (or the command needs) is not there."""

@@ -38,6 +38,7 @@ import os
 import queue as queue_mod
 import re
 import signal
+import sys
 import threading
 import traceback
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from data import MissingInput, UsageError
 from data.formats import (CHECKSUM, FIELDS, FORMAT, FRAME_SHAPE, VERSION, DiskFrames, read_d4rl, read_manifest,
                           read_predecessor, read_shards, write_json, write_shard)
 
@@ -80,20 +82,20 @@ class FrameData:
         # never their pixels (a dataset on disk may hold gigabytes).
         n = len(self.frames)
         if self.frames.dtype != np.uint8 or tuple(self.frames.shape[1:]) != FRAME_SHAPE:
-            raise ValueError(f"frames must be uint8 (N, 84, 84), got {self.frames.dtype} {self.frames.shape}")
+            raise UsageError(f"frames must be uint8 (N, 84, 84), got {self.frames.dtype} {self.frames.shape}")
         if n == 0:
-            raise ValueError("empty dataset: no frames")
+            raise UsageError("empty dataset: no frames")
         if self.actions.shape != (n,) or self.episode.shape != (n,):
-            raise ValueError(f"actions {self.actions.shape} and episode {self.episode.shape} must be ({n},)")
+            raise UsageError(f"actions {self.actions.shape} and episode {self.episode.shape} must be ({n},)")
         if self.actions.min() < 0 or self.actions.max() >= self.num_actions:
-            raise ValueError(f"actions must lie in [0, {self.num_actions}), got [{self.actions.min()}, {self.actions.max()}]")
+            raise UsageError(f"actions must lie in [0, {self.num_actions}), got [{self.actions.min()}, {self.actions.max()}]")
         if np.any(np.diff(self.episode) < 0):
-            raise ValueError("episode ids must be non-decreasing (episodes stored back to back)")
+            raise UsageError("episode ids must be non-decreasing (episodes stored back to back)")
         if self.ram is not None and self.ram.shape != (n, 128):
-            raise ValueError(f"ram must be uint8 ({n}, 128), got {self.ram.shape}")
+            raise UsageError(f"ram must be uint8 ({n}, 128), got {self.ram.shape}")
         for name in ("rewards", "terminated", "truncated"):
             if getattr(self, name) is not None and getattr(self, name).shape != (n,):
-                raise ValueError(f"{name} must be ({n},), got {getattr(self, name).shape}")
+                raise UsageError(f"{name} must be ({n},), got {getattr(self, name).shape}")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -118,10 +120,10 @@ def split_episodes(data: FrameData, val_fraction: float) -> tuple[FrameData, Fra
     two halves' ids are disjoint (count episodes with len(d.episode_slices()), not episode[-1] + 1).
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     edges = np.array([s.start for s in data.episode_slices()[1:]])  # where an episode begins
     if len(edges) == 0:
-        raise ValueError(f"cannot split by whole episodes: the dataset holds a single episode ({len(data)} frames); "
+        raise UsageError(f"cannot split by whole episodes: the dataset holds a single episode ({len(data)} frames); "
                          f"record more steps or give validation its own source")
     cut = int(edges[np.argmin(np.abs(edges - (1 - val_fraction) * len(data)))])
     return _rows(data, 0, cut), _rows(data, cut, len(data))
@@ -148,7 +150,7 @@ def ale_env_id(game: str) -> str:
     games = _ale_games()
     if game not in games:
         close = difflib.get_close_matches(game, games, n=3, cutoff=0.5) or games[:5]
-        raise ValueError(f"unknown Atari game {game!r}; close matches: {', '.join(close)} "
+        raise UsageError(f"unknown Atari game {game!r}; close matches: {', '.join(close)} "
                          f"(names as in ALE/<Game>-v5)")
     return f"ALE/{game}-v5"
 
@@ -180,7 +182,6 @@ def canonical_game(name: str) -> str:
 # ------------------------------------------------------------------------------------ policies
 
 TRACKER_EPS = 0.1    # share of uniformly random actions: every action appears, rallies still last
-PONG_RAM = dict(ball_x=49, ball_y=54, player_y=51)  # AtariARI indices
 
 
 def make_policy(name: str, game: str, num_actions: int):
@@ -190,15 +191,16 @@ def make_policy(name: str, game: str, num_actions: int):
         return lambda rng, ram: int(rng.integers(num_actions))
     if name == "tracker":
         if game != "Pong":
-            raise ValueError(f"policy 'tracker' reads Pong's RAM and plays only Pong; use policy 'random' for {game}")
-        return _track_ball
-    raise ValueError(f"unknown policy {name!r}; available: random, tracker (Pong)")
+            raise UsageError(f"policy 'tracker' reads Pong's RAM and plays only Pong; use policy 'random' for {game}")
+        from data.probe import RAM  # Pong's facts live in the probe (imported here: it imports this module)
+        return functools.partial(_track_ball, RAM)
+    raise UsageError(f"unknown policy {name!r}; available: random, tracker (Pong)")
 
 
-def _track_ball(rng: np.random.Generator, ram: np.ndarray) -> int:
+def _track_ball(index: dict[str, int], rng: np.random.Generator, ram: np.ndarray) -> int:
     if rng.random() < TRACKER_EPS:
         return int(rng.integers(6))
-    ball_y, paddle_y = int(ram[PONG_RAM["ball_y"]]), int(ram[PONG_RAM["player_y"]])
+    ball_y, paddle_y = int(ram[index["ball_y"]]), int(ram[index["player_y"]])
     if ball_y == 0:            # no ball in play (between points)
         return 0
     # Measured: the paddle's centre is level with the ball when paddle_y == ball_y - 7 (RAM units,
@@ -210,7 +212,8 @@ def _track_ball(rng: np.random.Generator, ram: np.ndarray) -> int:
 def rally_stats(data: FrameData) -> dict:
     """Pong: how often the player returns the ball. Returns: the ball's x (RAM) turns back from
     the player's side (x >= 180; the player's paddle turns it at ~188-192)."""
-    x = data.ram[:, PONG_RAM["ball_x"]].astype(int)
+    from data.probe import RAM
+    x = data.ram[:, RAM["ball_x"]].astype(int)
     dx = np.diff(x)
     returns = int(np.sum((dx[:-1] > 0) & (dx[1:] < 0) & (x[1:-1] >= 180)))
     points = int(np.sum(data.rewards != 0))
@@ -302,9 +305,9 @@ def record_dataset(game: str, steps: int, out_dir: str | Path, seed: int = 0, po
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: record into a new folder (datasets are never appended to)")
+        raise UsageError(f"{out} is not empty: record into a new folder (datasets are never appended to)")
     if steps < 1 or num_envs < 1 or shard_steps < 1:
-        raise ValueError(f"steps, num_envs and shard_steps must be >= 1, got {steps}, {num_envs}, {shard_steps}")
+        raise UsageError(f"steps, num_envs and shard_steps must be >= 1, got {steps}, {num_envs}, {shard_steps}")
     num_actions = num_actions_of(game)               # unknown game or policy: an error before any process starts
     make_policy(policy, game, num_actions)
     num_envs = min(num_envs, steps)
@@ -391,7 +394,7 @@ def load_source(spec: str, game: str | None = None, num_actions: int | None = No
     else:
         folder = Path(spec).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"no dataset folder at {folder}: data.source takes a folder holding manifest.json "
+            raise MissingInput(f"no dataset folder at {folder}: data.source takes a folder holding manifest.json "
                                     f"(recorded with `python -m data.d4rl_frames`, or the predecessor's layout) or "
                                     f"d4rl:<id> such as d4rl:pong-mixed-v4")
         manifest = read_manifest(folder)
@@ -407,14 +410,14 @@ def load_source(spec: str, game: str | None = None, num_actions: int | None = No
             data = FrameData(frames, a["actions"], a["episode"], None, name, num_actions_of(name),
                              terminated=a["terminated"])
         else:
-            raise ValueError(f"{folder / 'manifest.json'} is neither ours (format {FORMAT!r}) nor the predecessor's "
+            raise UsageError(f"{folder / 'manifest.json'} is neither ours (format {FORMAT!r}) nor the predecessor's "
                              f"(keys game, steps, total, shards); its keys: {sorted(manifest)}")
     if game is not None and canonical_game(game) != data.game:
-        raise ValueError(f"{spec} holds {data.game} ({data.num_actions} actions) but {game} "
+        raise UsageError(f"{spec} holds {data.game} ({data.num_actions} actions) but {game} "
                          f"({num_actions_of(canonical_game(game))} actions) is expected: a model fits one game and "
                          f"its action set; choose a {game} dataset")
     if num_actions is not None and num_actions != data.num_actions:
-        raise ValueError(f"{spec} holds {data.game} with {data.num_actions} actions but the model has {num_actions}")
+        raise UsageError(f"{spec} holds {data.game} with {data.num_actions} actions but the model has {num_actions}")
     return data
 
 
@@ -425,7 +428,7 @@ def d4rl_location(name: str) -> tuple[str, Path, int]:
     """'pong-mixed-v4' -> ('Pong', <datasets>/Pong/5/1, checkpoint 1), as d4rl-atari lays files out."""
     m = re.fullmatch(r"([a-z][a-z0-9-]*?)-(mixed|medium|expert|epoch-(\d+))-v(\d+)", name)
     if not m:
-        raise ValueError(f"d4rl id {name!r} not understood: use <game>-{{mixed,medium,expert}}-v<0-4> or "
+        raise UsageError(f"d4rl id {name!r} not understood: use <game>-{{mixed,medium,expert}}-v<0-4> or "
                          f"<game>-epoch-<N>-v<0-4>, e.g. d4rl:pong-mixed-v4")
     game = "".join(part.capitalize() for part in m[1].split("-"))
     ale_env_id(game)
@@ -462,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as e:
         print(e)
         raise SystemExit(130)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     print(f"recorded {a.steps} steps of {a.game} into {out}")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data import MissingInput, UsageError
+
 FRAME_SHAPE = (84, 84)
 FRAME_BYTES = 84 * 84
 CHECKSUM = "sha256"      # with the CPU's SHA instructions: ~0.94 GB/s here, blake2b ~0.48 GB/s
@@ -74,14 +76,14 @@ def npy_header(path: Path) -> tuple[np.dtype, tuple, int]:
             shape, fortran, dtype = read(f)
             offset = f.tell()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing") from None
+        raise MissingInput(f"{path} is missing") from None
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable .npy file ({e}): the file is damaged; restore or recreate it") from None
+        raise UsageError(f"{path} is not a readable .npy file ({e}): the file is damaged; restore or recreate it") from None
     if fortran:
-        raise ValueError(f"{path} is stored in Fortran order; save it with np.save from a C-ordered array")
+        raise UsageError(f"{path} is stored in Fortran order; save it with np.save from a C-ordered array")
     need, size = offset + int(np.prod(shape)) * dtype.itemsize, path.stat().st_size
     if size < need:
-        raise ValueError(f"{path} is truncated: its header promises {dtype} {shape} ({need} bytes) but the file "
+        raise UsageError(f"{path} is truncated: its header promises {dtype} {shape} ({need} bytes) but the file "
                          f"holds {size} bytes; restore it or record the dataset again")
     return dtype, tuple(shape), offset
 
@@ -90,7 +92,7 @@ def check_npy(path: Path, dtype, shape: tuple, what: str) -> int:
     """Header of `path` must say `dtype` and `shape`; returns the data offset."""
     got_dtype, got_shape, offset = npy_header(path)
     if got_dtype != np.dtype(dtype) or got_shape != tuple(shape):
-        raise ValueError(f"{path} holds {got_dtype} {got_shape} but {what} expects {np.dtype(dtype)} {tuple(shape)}")
+        raise UsageError(f"{path} holds {got_dtype} {got_shape} but {what} expects {np.dtype(dtype)} {tuple(shape)}")
     return offset
 
 
@@ -185,7 +187,7 @@ class DiskFrames:
             for a in range(s, e, MAX_READ_ROWS):
                 b = min(e, a + MAX_READ_ROWS)
                 if os.preadv(fds[fi], [flat[a:b]], off + (a - s) * FRAME_BYTES) != (b - a) * FRAME_BYTES:
-                    raise ValueError(f"{self.paths[fi]} ended before frame byte {off + (b - s) * FRAME_BYTES}: "
+                    raise UsageError(f"{self.paths[fi]} ended before frame byte {off + (b - s) * FRAME_BYTES}: "
                                      f"the file was truncated after loading")
         return out
 
@@ -216,14 +218,14 @@ def write_shard(folder: Path, worker: int, chunk: int, arrays: dict[str, np.ndar
 def read_manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{path} not found: {folder} is not a dataset folder. Record one with `python -m data.d4rl_frames "
             f"--game Pong --steps 300000 --out_dir {folder}`, or point data.source at a folder holding a "
             f"manifest.json (ours or the predecessor's), or at d4rl:<id> such as d4rl:pong-mixed-v4")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore it or record the dataset again") from None
+        raise UsageError(f"{path} is not valid JSON ({e}); restore it or record the dataset again") from None
 
 
 def read_shards(folder: Path, manifest: dict, verify: bool = True) -> tuple[DiskFrames, dict[str, np.ndarray]]:
@@ -236,18 +238,18 @@ def read_shards(folder: Path, manifest: dict, verify: bool = True) -> tuple[Disk
     """
     where = folder / "manifest.json"
     if manifest.get("version") != VERSION:
-        raise ValueError(f"{where}: format version {manifest.get('version')} is not {VERSION}; record it again")
+        raise UsageError(f"{where}: format version {manifest.get('version')} is not {VERSION}; record it again")
     shards = sorted(manifest.get("shards", []), key=lambda s: (s["worker"], s["chunk"]))
     if not shards or sum(s["rows"] for s in shards) == 0:
-        raise ValueError(f"{where}: empty dataset, it lists no shards (was recording stopped before its first "
+        raise UsageError(f"{where}: empty dataset, it lists no shards (was recording stopped before its first "
                          f"shard?); record it again")
     for prev, s in zip([None, *shards], shards):
         first = prev is None or prev["worker"] != s["worker"]
         if s["chunk"] != (0 if first else prev["chunk"] + 1):
-            raise ValueError(f"{where}: worker {s['worker']}'s chunk {s['chunk']} follows "
+            raise UsageError(f"{where}: worker {s['worker']}'s chunk {s['chunk']} follows "
                              f"{'nothing' if first else prev['chunk']}: a shard is missing from its stream")
     if manifest.get("counts", {}).get("steps") != sum(s["rows"] for s in shards):
-        raise ValueError(f"{where}: counts.steps={manifest.get('counts', {}).get('steps')} disagrees with its "
+        raise UsageError(f"{where}: counts.steps={manifest.get('counts', {}).get('steps')} disagrees with its "
                          f"shards' rows ({sum(s['rows'] for s in shards)}); the manifest was edited or damaged")
     parts, small = [], {k: [] for k in FIELDS if k != "frames"}
     for s in shards:
@@ -255,12 +257,12 @@ def read_shards(folder: Path, manifest: dict, verify: bool = True) -> tuple[Disk
             meta = s["files"][k]
             path = folder / meta["file"]
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is listed in {where} but missing; restore it or record again")
+                raise MissingInput(f"{path} is listed in {where} but missing; restore it or record again")
             offset = check_npy(path, dtype, (s["rows"], *row), f"{where} (shard w{s['worker']} chunk {s['chunk']})")
             if path.stat().st_size != meta["bytes"]:
-                raise ValueError(f"{path} has {path.stat().st_size} bytes but {where} says {meta['bytes']}")
+                raise UsageError(f"{path} has {path.stat().st_size} bytes but {where} says {meta['bytes']}")
             if verify and file_checksum(path) != meta[CHECKSUM]:
-                raise ValueError(f"{path}: checksum mismatch ({CHECKSUM} differs from {where}): the file changed "
+                raise UsageError(f"{path}: checksum mismatch ({CHECKSUM} differs from {where}): the file changed "
                                  f"or is corrupt; restore it or record the dataset again")
             if k == "frames":
                 parts.append((path, offset, s["rows"]))
@@ -283,9 +285,9 @@ def read_predecessor(folder: Path, manifest: dict) -> tuple[DiskFrames, dict[str
     where = folder / "manifest.json"
     shards = sorted(manifest["shards"], key=lambda s: s["id"])
     if not shards or sum(s["count"] for s in shards) == 0:
-        raise ValueError(f"{where}: empty dataset, it lists no transitions")
+        raise UsageError(f"{where}: empty dataset, it lists no transitions")
     if manifest["total"] != sum(s["count"] for s in shards):
-        raise ValueError(f"{where}: total={manifest['total']} but its shards' counts add up to "
+        raise UsageError(f"{where}: total={manifest['total']} but its shards' counts add up to "
                          f"{sum(s['count'] for s in shards)}")
     paths, obs_at, next_at, action, done = [], [], [], [], []   # obs_at / next_at: byte offsets per transition
     for s in shards:
@@ -293,7 +295,7 @@ def read_predecessor(folder: Path, manifest: dict) -> tuple[DiskFrames, dict[str
         p = {k: folder / Path(s[k]).name for k in ("obs", "next_obs", "action", "done")}
         for q in p.values():
             if not q.is_file():
-                raise FileNotFoundError(f"{q} is listed in {where} but missing")
+                raise MissingInput(f"{q} is listed in {where} but missing")
         shape = npy_header(p["obs"])[1]
         stack = shape[1] if len(shape) == 4 else 4
         row = np.arange(n, dtype=np.int64) * FRAME_BYTES
@@ -303,7 +305,7 @@ def read_predecessor(folder: Path, manifest: dict) -> tuple[DiskFrames, dict[str
         for k, into, kinds in (("action", action, "iu"), ("done", done, "b")):
             dtype, shape, _ = npy_header(p[k])
             if shape != (n,) or dtype.kind not in kinds:
-                raise ValueError(f"{p[k]} holds {dtype} {shape} but {what} expects {'int' if k == 'action' else 'bool'} ({n},)")
+                raise UsageError(f"{p[k]} holds {dtype} {shape} but {what} expects {'int' if k == 'action' else 'bool'} ({n},)")
             into.append(np.load(p[k]))
     obs_file = np.concatenate([np.full(s["count"], 2 * i, np.int32) for i, s in enumerate(shards)])
     obs_at, next_at = np.concatenate(obs_at), np.concatenate(next_at)
@@ -330,7 +332,7 @@ def read_predecessor(folder: Path, manifest: dict) -> tuple[DiskFrames, dict[str
     t = np.union1d(inner[np.linspace(0, len(inner) - 1, min(16, len(inner))).astype(int)],
                    np.intersect1d(inner, np.cumsum([s["count"] for s in shards]) - 1)).astype(np.int64)
     if len(t) and not np.array_equal(DiskFrames(paths, obs_file[t] + 1, next_at[t])[:], frames[p_obs[t + 1]]):
-        raise ValueError(f"{where}: next_obs[t] differs from obs[t + 1][-1] inside an episode: the shards do not hold "
+        raise UsageError(f"{where}: next_obs[t] differs from obs[t + 1][-1] inside an episode: the shards do not hold "
                          f"consecutive transitions of one stream, so episodes cannot be rebuilt")
     return frames, dict(actions=actions, episode=episode, terminated=terminated)
 
@@ -355,7 +357,7 @@ def read_d4rl(where: Path, checkpoint: int) -> tuple[DiskFrames, dict[str, np.nd
     for k in D4RL_FILES[1:]:
         arr = np.load(paths[k])
         if arr.shape != (n,):
-            raise ValueError(f"{paths[k]} holds {arr.shape} rows but observation has ({n},)")
+            raise UsageError(f"{paths[k]} holds {arr.shape} rows but observation has ({n},)")
         small[k] = arr
     terminal = small["terminal"].astype(bool)
     episode_of = np.cumsum(terminal) - terminal                    # a terminal row ends its episode
@@ -366,7 +368,7 @@ def read_d4rl(where: Path, checkpoint: int) -> tuple[DiskFrames, dict[str, np.nd
     keep[cand[~raw[cand].reshape(len(cand), -1).any(1)]] = False   # ... that are all zero: padding
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
-        raise ValueError(f"{paths['observation']}: empty dataset, every frame is padding")
+        raise UsageError(f"{paths['observation']}: empty dataset, every frame is padding")
     episode = np.cumsum(np.r_[0, np.diff(episode_of[rows]) != 0])
     frames = DiskFrames(raw.paths, np.zeros(len(rows)), offset + rows * FRAME_BYTES)
     return frames, dict(actions=small["action"][rows].astype(np.int64), episode=episode,
@@ -387,7 +389,7 @@ def _d4rl_files(where: Path, checkpoint: int) -> dict[str, Path]:
             pass
     missing = [k for k in D4RL_FILES if not found(k)]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"d4rl files missing ({', '.join(missing)}): expected {', '.join(f'{k}.gz' for k in D4RL_FILES)} in "
             f"{where} (d4rl-atari's names; the DQN Replay Dataset's $store$_<name>_ckpt.{checkpoint}.gz work too). "
             f"The public bucket gs://atari-replay-datasets no longer serves anonymous downloads: copy the files "
@@ -403,6 +405,6 @@ def _d4rl_files(where: Path, checkpoint: int) -> dict[str, Path]:
                     shutil.copyfileobj(f, g, 16 << 20)
             except (OSError, EOFError, zlib.error) as e:
                 tmp.unlink(missing_ok=True)
-                raise ValueError(f"{src} is not a complete gzip file ({e}): copy it again") from None
+                raise UsageError(f"{src} is not a complete gzip file ({e}): copy it again") from None
             os.replace(tmp, out[k])
     return out

@@ -14,10 +14,16 @@ import numpy as np
 
 # Pong's layout at 84x84 (DQN preprocessing): playfield rows 14..76, opponent paddle in columns
 # 8-10, player paddle in 73-75, background grey ~87, paddles <= ~148, ball peak ~200-236.
-PLAYFIELD = (14, 77)
+PLAYFIELD = (14, 77)       # rows between the walls (the wall bands are rows 13 and 77)
 PADDLE_COLS = {"opponent": (8, 11), "player": (73, 76)}
-BALL_MIN = 0.6 * 255       # the ball is the only playfield object this bright
+BALL_THRESHOLD = 0.6       # on the 0..1 scale, the ball is the only playfield object this bright (the
+BALL_MIN = BALL_THRESHOLD * 255  # autoencoder's loss uses the same threshold: AEConfig.bright_threshold)
 PADDLE_MIN = 0.41 * 255    # a paddle row's mean over its 3 columns exceeds this
+# A paddle away from the walls shows 6-13 visible rows on real frames (6-7 at rest, up to 12 when
+# the max-pooled frame holds two positions, 13 when the opponent jumps at a serve); fewer only
+# when partly behind a wall. Measured on 4,500 recorded frames (seeds 7, 11, 13).
+PADDLE_ROWS = (6, 13)
+BALL_MOVES_PX = 0.5        # a ball 'moves' when its centroid shifts this much between frames
 
 
 def _drop_ball_fragments(on: np.ndarray, near_ball: np.ndarray, ball_y: np.ndarray) -> np.ndarray:
@@ -105,6 +111,23 @@ def object_agreement(real: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray
     """
     c = compare_probes(probe(real), probe(pred))
     return {k: c[k] for k in ("ball", *PADDLE_COLS)}
+
+
+def paddle_intact(p: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """bool (N,): probe result p shows paddle `name` as a plausible block: PADDLE_ROWS visible rows,
+    or fewer while it touches a wall."""
+    rows, y = p[name + "_rows"], p[name + "_y"]
+    top, bottom = PLAYFIELD[0] + 0.5, PLAYFIELD[1] - 1.5
+    at_wall = (y - (rows - 1) / 2 <= top) | (y + (rows - 1) / 2 >= bottom)
+    return p[name] & (rows <= PADDLE_ROWS[1]) & ((rows >= PADDLE_ROWS[0]) | at_wall)
+
+
+def returned_ball(frames: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """bool (N,): the frame's ball moved toward the opponent (left, >= BALL_MOVES_PX) since the
+    previous frame of its episode: a ball the player returned. uint8 (N, 84, 84), int (N,)."""
+    pr = probe(frames)
+    same = np.r_[False, episode[1:] == episode[:-1]]
+    return pr["ball"] & np.r_[False, pr["ball"][:-1]] & same & (np.r_[0.0, np.diff(pr["ball_x"])] < -BALL_MOVES_PX)
 
 # ------------------------------------------------------------------------------------ RAM labels
 # Where Pong draws its objects on the raw 210x160 screen, given the RAM (AtariARI indices), measured

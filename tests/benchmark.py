@@ -43,9 +43,14 @@ def fresh_seed_figures(wm, cfg, seeds=(301, 302, 303), steps: int = 1000, policy
     frames = np.concatenate([d.frames for d in data])
     ok = W.object_agreement(frames, wm.reconstruct(frames))
     out = {k: float(v.mean()) for k, v in ok.items()} | {"n": len(frames), "seeds": seeds}
-    if dreams:
-        per_seed = [W.dream_figures(wm, d) for d in data]
-        out["dream"] = {k: float(np.mean([d[k] for d in per_seed])) for k in per_seed[0]}   # equal starts per seed
+    if dreams:   # the run's closing summary (evaluate.py's quick mode) on each seed, averaged over seeds
+        import evaluate as E
+        per_seed = [E.measure(wm, d, E.quick_config(cfg))[0]["open_loop"] for d in data]
+        out["horizon"] = H = per_seed[0]["horizon"]
+        for m in ("model", "copy_last"):
+            for k in ("ball", "player", "opponent"):
+                out[f"{m}_{k}"] = [float(np.mean([o[m][f"{k}_ok"][h] for o in per_seed])) for h in ("1", str(H))]
+            out[f"{m}_tracked"] = float(np.mean([o[m]["ball_tracking_horizon_median"] for o in per_seed]))
     return out
 
 
@@ -74,7 +79,8 @@ def main() -> None:
         eval_wall = time.perf_counter() - t0
         (ev,) = Path(tmp, "eval").iterdir()
         em = json.loads((ev / "metrics.json").read_text())
-        play = W.bench_play(wm)
+        from play import bench_play
+        play = bench_play(wm)
     import torch
     t = s["times_s"]
     rows = [("record frames (train + held-out)", f"{t['data']:.1f} s"),
@@ -84,16 +90,16 @@ def main() -> None:
             ("whole command, wall (Python start to exit)", f"{wall:.1f} s"),
             ("peak memory (max RSS)", f"{peak_mb:.0f} MB"),
             (f"autoencoder step cost, batch {cfg.ae.batch_size}", f"{ae_step_gflop(cfg):.2f} GFLOP"),
-            ("held-out ball / player / opponent kept", f"{100 * s['recon_ball']:.1f} / {100 * s['recon_player']:.1f} / {100 * s['recon_opponent']:.1f} %"),
+            ("held-out ball / player / opponent kept",
+             " / ".join(f"{100 * s['reconstruction'][k]:.1f}" for k in ("ball", "player", "opponent")) + " %"),
             (f"same, fresh seeds {fresh['seeds']}, {fresh['n']} frames", f"{100 * fresh['ball']:.1f} / {100 * fresh['player']:.1f} / {100 * fresh['opponent']:.1f} %"),
             (f"same, {other} policy, seeds {fresh_other['seeds']}, {fresh_other['n']} frames",
              " / ".join(f"{100 * fresh_other[k]:.1f}" for k in ("ball", "player", "opponent")) + " %")]
-    d = fresh["dream"]
-    for name, label in (("dream", "30-step dream"), ("copy_last", "copy-last-frame")):
-        rows.append((f"{label}, fresh seeds: ball / player / opponent kept",
-                     f"{100 * d[name + '_ball']:.1f} / {100 * d[name + '_player']:.1f} / {100 * d[name + '_opponent']:.1f} %"))
-        rows.append((f"{label}, fresh seeds: MSE, ball tracked (seed medians, mean)",
-                     f"{d[name + '_mse']:.5f}, {d[name + '_ball_tracked_median']:.1f} steps"))
+    for m, label in (("model", "open loop"), ("copy_last", "copy-last-frame")):
+        rows.append((f"{label}, fresh seeds: ball / player / opponent kept at h=1 | {fresh['horizon']}",
+                     " | ".join(" / ".join(f"{100 * fresh[f'{m}_{k}'][i]:.1f}" for k in ("ball", "player", "opponent"))
+                                for i in (0, 1)) + " %"))
+        rows.append((f"{label}, fresh seeds: ball tracked (seed medians, mean)", f"{fresh[m + '_tracked']:.1f} steps"))
     sp = em["speed"]
     rows += [("python world_model.py eval (best.pt), wall", f"{eval_wall:.1f} s"),
              ("eval rollouts: batched / single stream", f"{sp['rollout_fps_batched']:.0f} / {sp['rollout_fps_single']:.0f} frames/s"),

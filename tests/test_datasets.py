@@ -310,9 +310,9 @@ def test_trains_on_every_source_without_conversion(kind, recorded, train_data, t
         source = "d4rl:pong-mixed-v4"
     cfg = W.make_config([*W.SMALL_BUDGET, f"data.source={source}", "data.val_fraction=0.3", "ae.steps=10",
                          "pred.steps=10", f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/a"])
-    s = W.run(cfg, progress=False)
+    s = W.train_and_evaluate(cfg, progress=False)
     train, val = W.load_data(cfg)
     assert not set(train.episode) & set(val.episode)                # held-out episodes are whole and unseen
-    assert s["train_frames"] == len(train) and s["val_frames"] == len(val) and len(train) + len(val) in (300, 400)
+    assert s["train_frames"] == len(train) and s["reconstruction"]["frames"] == len(val) and len(train) + len(val) in (300, 400)
     assert W.WorldModel.load(Path(s["run_dir"]) / "checkpoints" / "last.pt").num_actions == 6
     assert (tmp_path / "a" / "pong_fake.gif").is_file()

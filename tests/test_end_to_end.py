@@ -59,4 +59,4 @@ def test_notebook_executes_end_to_end(tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3   # frames, loss curves, recon strip
     text = "".join(o.get("text", "") for o in outputs)
-    assert "recon_ball" in text and "(30, 84, 84) uint8" in text
+    assert "reconstruction: ball kept" in text and "(30, 84, 84) uint8" in text

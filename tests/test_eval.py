@@ -7,11 +7,15 @@ import pytest
 
 from data.d4rl_frames import FrameData
 from data.probe import probe
-from world_model import (
+from evaluate import (
+    difference,
+    evaluate,
+    quick_config,
     METHODS,
     HeldoutConfig,
     eval_run,
     evaluate_checkpoint,
+    panels,
     heldout_data,
     plausibility,
     print_eval_summary,
@@ -19,7 +23,6 @@ from world_model import (
     spread_starts,
     ssim_frames,
     tracking_horizon,
-    triptych,
 )
 
 CFG = HeldoutConfig(horizon=10, starts=8, long_horizon=30, long_starts=2, dream_steps=30, dreams=2, videos=1,
@@ -102,14 +105,37 @@ def test_rollout_windows_stay_in_one_episode_and_align_actions():
     assert (rollout_inputs(data, s, 4, 16, zero_actions=True)[1] == -1).all()
 
 
-def test_plausibility_and_triptych(val_data):
+def test_plausibility_and_panels(val_data):
     real = val_data.frames
     p = plausibility(real, np.ones(len(real) - 1, bool))
     assert p["ball"] == pytest.approx(probe(real)["ball"].mean()) and p["ball_moves"] > 0.9 and p["player_intact"] > 0.9
     empty = plausibility(np.full_like(real, 87), np.ones(len(real) - 1, bool))
     assert empty["ball"] == 0 and empty["player_intact"] == 0
-    v = triptych(real[:5], real[:5])
+    v = panels([real[:5], real[:5], difference(real[:5], real[:5])], ["real  step {t}", "model", "|difference|"])
     assert v.shape == (5, 252, 3 * 252 + 8) and (v[:, 20:, 2 * 256:] == 0).all()   # no difference below the label
+    assert (v[:, 20:, :252] == real[:5].repeat(3, 1).repeat(3, 2)[:, 20:]).all()    # frames upscaled, unchanged
+    assert not np.array_equal(v[0, :20, :100], v[1, :20, :100])                    # the step number is drawn
+    single = panels([real[0]], ["dream"], s=2)
+    assert single.shape == (168, 168)
+
+
+def test_training_summary_is_the_eval_commands_quick_mode(trained, tiny_cfg, val_data, tmp_path):
+    """One evaluation path: the figures a training run ends with are evaluate_checkpoint's, on the
+    same data with quick_config's settings."""
+    wm = trained[0]
+    quick = quick_config(tiny_cfg)
+    s = evaluate(tiny_cfg, wm, val_data, write_assets=False)
+    m = evaluate_checkpoint(wm, val_data, tmp_path, quick, progress=False)
+    assert s["open_loop"]["rollouts"] == m["open_loop"]["rollouts"] == min(tiny_cfg.eval.summary_starts,
+                                                                          len(val_data.starts(wm.context + 30)))
+    for k in ("model", "copy_last", "zero_action"):
+        assert s["open_loop"][k]["ball_ok"] == m["open_loop"][k]["ball_ok"]
+        assert s["open_loop"][k]["ball_tracking_horizon_median"] == m["open_loop"][k]["ball_tracking_horizon_median"]
+    assert json.dumps(s["reconstruction"]) == json.dumps(m["reconstruction"])   # NaN-safe equality
+    assert json.dumps(s["dream"]) == json.dumps(m["dream"])
+    assert "ssim" not in s["open_loop"]["model"] and s["long"]["skipped"] == "off"
+    # Copying the last real frame keeps a still paddle; a moving ball is lost within steps.
+    assert s["open_loop"]["copy_last"]["ball_tracking_horizon_median"] < quick.horizon
 
 
 def test_heldout_recording_never_reuses_a_training_seed(trained):

@@ -173,11 +173,35 @@ def test_rollout_uses_known_context_actions(trained, val_data):
         wm.rollout(ctx, acts, context_actions=[0])
 
 
-def test_dream_figures_compare_with_copy_last(trained, val_data):
-    wm, _, _ = trained
-    f = W.dream_figures(wm, val_data, horizon=10, every=50)
-    assert f["dream_starts"] == len(val_data.starts(wm.context + 10)[::50]) > 0
-    for name in ("dream", "copy_last"):
-        assert 0 <= f[f"{name}_ball"] <= 1 and 0 <= f[f"{name}_ball_tracked_median"] <= 10
-    # Copying the last real frame keeps a still paddle; a moving ball is lost within steps.
-    assert f["copy_last_mse"] > 0 and f["copy_last_ball_tracked_median"] < 10
+def test_a_checkpoint_trained_on_a_gpu_loads_and_plays_on_a_cpu(trained, val_data, tmp_path):
+    """Train in Colab, play on a laptop: CUDA, bf16, compile and pinned memory are what training
+    needs of its machine, not what loading a checkpoint needs."""
+    wm = trained[0]
+    gpu_cfg = W.make_config(["train.device=cuda", "train.precision=bf16", "train.compile=true",
+                             "data.pin_memory=true"], base=wm.cfg)
+    gpu = W.WorldModel(gpu_cfg, wm.num_actions, wm.game)
+    gpu.load_state_dict(wm.state_dict())
+    gpu.save(tmp_path / "gpu.pt")
+    back = W.WorldModel.load(tmp_path / "gpu.pt")
+    assert back.cfg.train.device == "cuda" and back.cfg.train.compile and back.device.type == "cpu"
+    frames = val_data.frames[:8]
+    assert np.array_equal(back.reconstruct(frames), wm.reconstruct(frames))
+    ctx, acts = val_data.frames[:wm.context], val_data.actions[wm.context - 1:wm.context + 9]
+    assert np.array_equal(back.rollout(ctx, acts), wm.rollout(ctx, acts))
+    if not torch.cuda.is_available():   # training with that config is what this machine refuses
+        with pytest.raises(W.UsageError, match="train.device=cuda but torch sees no CUDA device"):
+            gpu_cfg.check_host()
+    with pytest.raises(W.UsageError, match="train.precision needs CUDA, but train.device=cpu"):
+        W.make_config(["train.device=cpu", "train.precision=bf16"])   # inconsistent on any machine
+
+
+def test_only_usage_errors_become_one_line(monkeypatch, capsys):
+    """A user's mistake is one line and exit 2; a bug (any other exception) keeps its traceback."""
+    assert W.main(["ae.steps=0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: ae.steps must be >= 1, got 0"
+
+    def bug(*a, **k):
+        raise ValueError("a bug inside numpy")
+    monkeypatch.setattr(W, "train_and_evaluate", bug)
+    with pytest.raises(ValueError, match="a bug inside numpy"):
+        W.main([])

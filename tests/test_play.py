@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, execute_notebook
 
 from data.probe import probe
-from world_model import PlaySession, bench_play, play_desktop
+from play import PlaySession, bench_play, play_desktop
 
 SCRIPT = [2, 2, 2, 3, 0, 1, 3, 3, 2, 0, 0, 2]  # Up x3, Down, Stay, Fire, Down x2, Up, Stay x2, Up
 
@@ -172,7 +172,7 @@ def test_desktop_window_steers_with_a_real_key_press(checkpoint, xvfb, tmp_path)
         return subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True, timeout=20, check=False)
 
     ckpt, gif = checkpoint / "runs" / "run" / "checkpoints" / "last.pt", tmp_path / "desk.gif"
-    code = ("import sys; from world_model import play_desktop; "
+    code = ("import sys; from play import play_desktop; "
             "sys.exit(play_desktop(sys.argv[1], max_steps=600, gif=sys.argv[2]))")
     p = subprocess.Popen([sys.executable, "-c", code, str(ckpt), str(gif)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -128,11 +128,12 @@ def test_dataloader_workers_draw_the_same_batches(tiny_cfg, train_data, val_data
 
 def test_returned_balls_are_found_and_drawn_more_often(tiny_cfg):
     """Frames whose ball moves toward the opponent (rare in random play) weigh 1 + returned_ball_weight."""
-    from data.d4rl_frames import PONG_RAM, record
+    from data.d4rl_frames import record
+    from data.probe import RAM, returned_ball
     data = record("Pong", 600, seed=5, policy="tracker")          # the tracker returns the ball
-    left = W.returned_ball(data)
+    left = returned_ball(data.frames, data.episode)
     # Against the emulator: the RAM's ball x falls between the two frames (same episode, ball shown).
-    x = data.ram[:, PONG_RAM["ball_x"]].astype(int)
+    x = data.ram[:, RAM["ball_x"]].astype(int)
     ram_left = np.r_[False, (np.diff(x) < 0) & (data.episode[1:] == data.episode[:-1])]
     assert 0.05 < left.mean() < 0.6
     assert (left & ram_left).sum() >= 0.95 * left.sum()            # what it calls returned is returned

@@ -1,0 +1,583 @@
+"""Evaluation: how well does a trained world model dream Pong, measured against the real game?
+
+One path for every figure: `measure` runs open-loop rollouts from real contexts next to the
+copy-last-frame and zero-action baselines, reconstruction and one-step prediction, long rollouts
+and dreams with random actions, all scored by the object probe (data/probe.py). The eval command
+writes its files around it; the summary a training run prints at its end is its quick mode.
+
+    python world_model.py eval                       # newest runs/*/checkpoints/best.pt, fresh held-out play
+    python world_model.py eval --checkpoint PATH heldout.policy=random heldout.horizon=100
+
+    import evaluate as E
+    run_dir, metrics = E.eval_run("runs/<run>/checkpoints/best.pt")
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data import UsageError
+from data.d4rl_frames import FrameData, record
+from data.probe import (BALL_MOVES_PX, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
+                        validate_probe)
+from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, latest_checkpoint, make_config,
+                         panels, pixel_mse, save_video, to_uint8)
+
+METHODS = ("model", "copy_last", "zero_action")
+SUMMARY_HORIZONS = (1, 5, 10, 25, 50, 100, 200)   # those <= the rollout's horizon go in metrics.json
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def heldout_data(wm: WorldModel, cfg: HeldoutConfig) -> FrameData:
+    """Freshly recorded episodes the model never trained on: another seed than its recordings."""
+    d = wm.cfg.data
+    if d.source == "ale" and cfg.policy == d.policy and cfg.seed in (d.seed, d.val_seed):
+        raise UsageError(f"eval seed {cfg.seed} is one of the training recording's seeds ({d.seed}, {d.val_seed})")
+    return record(wm.game, cfg.steps, cfg.seed, cfg.policy)
+
+
+def spread_starts(data: FrameData, length: int, n: int) -> np.ndarray:
+    """n window starts, evenly over all windows of `length` frames that stay inside one episode."""
+    s = data.starts(length)
+    if len(s) == 0:
+        raise UsageError(f"no held-out episode holds {length} frames: record more (HeldoutConfig.steps)")
+    return s[evenly(len(s), n)]
+
+
+def rollout_inputs(data: FrameData, starts: np.ndarray, K: int, horizon: int, zero_actions: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Context uint8 (S, K, 84, 84), actions (S, H) and context actions (S, K - 1) of recorded windows.
+
+    The actions taken at the context frames are given (the model knows how the paddle was
+    moving); zero_actions replaces every action by -1 (unknown), which the predictor sees as zeros.
+    """
+    idx = starts[:, None] + np.arange(K + horizon - 1)                        # (S, K + H - 1)
+    acts = torch.from_numpy(np.asarray(data.actions, np.int64)[idx])          # (S, K + H - 1); -1 must fit
+    if zero_actions:
+        acts = torch.full_like(acts, -1)
+    return torch.from_numpy(data.frames[idx[:, :K]]), acts[:, K - 1:], acts[:, :K - 1]
+
+
+def rollouts(wm: WorldModel, context: torch.Tensor, actions: torch.Tensor, context_actions: torch.Tensor,
+             batch_frames: int = 3200, progress: bool = False) -> tuple[np.ndarray, float]:
+    """wm.rollout_batch over as many starts at once as batch_frames allows: uint8 (S, H, 84, 84), seconds spent."""
+    S, H = actions.shape
+    out, spent = np.empty((S, H, 84, 84), np.uint8), 0.0
+    b = max(1, batch_frames // max(H, 1))
+    for i in tqdm(range(0, S, b), desc="rollouts", disable=not progress, leave=False):
+        t = time.perf_counter()
+        out[i:i + b] = to_uint8(wm.rollout_batch(context[i:i + b], actions[i:i + b], context_actions[i:i + b]))
+        spent += time.perf_counter() - t
+    return out, spent
+
+
+def ssim_frames(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """scikit-image's SSIM per frame (7x7 window, data_range 255): uint8 (N, 84, 84) x 2 -> (N,).
+
+    One call for the whole stack (frames as channels) is ~3x faster than a call per frame; the
+    per-frame value is the mean of the SSIM map without its 3-pixel border, exactly what a call
+    per frame returns (tests/test_eval.py checks).
+    """
+    from skimage.metrics import structural_similarity
+    if len(real) == 0:
+        return np.zeros(0)
+    _, smap = structural_similarity(real, pred, data_range=255, channel_axis=0, full=True)  # (N, 84, 84)
+    return smap[:, 3:-3, 3:-3].mean((1, 2))
+
+
+def psnr(mse: np.ndarray) -> np.ndarray:
+    """PSNR (dB) of a mean squared error on the 0..1 scale; copy-last on a still screen has MSE 0,
+    so PSNR is taken of the mean MSE at each horizon, never averaged over frames (inf)."""
+    return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+
+
+def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool = True,
+                             chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Per (rollout, step) figures: uint8 (S, H, 84, 84) x 2 -> dict of (S, H) arrays.
+
+    mse (0..1 scale), ssim, and the probe's comparison: ball / player / opponent kept (bool),
+    <obj>_presence (bool), ball_err / player_err / opponent_err (pixels, NaN unless both have it).
+    Chunks of frames bound the float copies (SSIM's map is float64).
+    """
+    S, H = real.shape[:2]
+    r, p = real.reshape(-1, 84, 84), pred.reshape(-1, 84, 84)                 # (S * H, 84, 84)
+    parts = []
+    for i in range(0, len(r), chunk):
+        a, b = r[i:i + chunk], p[i:i + chunk]
+        out = {"mse": ((b.astype(np.float32) - a) ** 2).mean((1, 2)) / 255 ** 2}
+        if with_ssim:
+            out["ssim"] = ssim_frames(a, b)
+        parts.append(out | compare_probes(probe(a), probe(b)))
+    return {k: np.concatenate([q[k] for q in parts]).reshape(S, H) for k in parts[0]}
+
+
+def tracking_horizon(ball_ok: np.ndarray) -> np.ndarray:
+    """Steps for which each rollout keeps the ball from the start: bool (S, H) -> int (S,) in [0, H].
+
+    The first step at which the ball is missing, spurious or > 2 px off is step T + 1; a rollout
+    that never loses it scores H.
+    """
+    return np.argmin(np.concatenate([ball_ok, np.zeros((len(ball_ok), 1), bool)], 1), 1)
+
+
+def per_horizon(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(S, H) figures -> (H,) curves, the CSV's columns for one method."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a step where no rollout has both balls: NaN
+        mse = m["mse"].mean(0)
+        curves = {"mse": mse, "psnr": psnr(mse)}
+        if "ssim" in m:
+            curves["ssim"] = m["ssim"].mean(0)
+        curves["ball_present_agreement"] = m["ball_presence"].mean(0)
+        curves["ball_ok"] = m["ball"].mean(0)
+        curves["ball_pos_err"] = np.nanmean(m["ball_err"], 0)
+        curves["ball_pos_n"] = np.isfinite(m["ball_err"]).sum(0)      # rollouts behind ball_pos_err
+        H = m["ball"].shape[1]
+        curves["ball_tracked_share"] = (tracking_horizon(m["ball"])[:, None] >= np.arange(1, H + 1)).mean(0)
+        for k in ("player", "opponent"):
+            curves[k + "_err"] = np.nanmean(m[k + "_err"], 0)
+            curves[k + "_ok"] = m[k].mean(0)
+    return curves
+
+
+def plausibility(frames: np.ndarray, same_episode: np.ndarray) -> dict[str, float]:
+    """Is this Pong at all? uint8 (N, 84, 84) frames, same_episode bool (N - 1,): frame t + 1 follows t.
+
+    ball: share of frames with a ball; ball_moves: share of consecutive pairs, both with a ball, in
+    which it moved >= BALL_MOVES_PX; <paddle>_intact: share of frames where the paddle shows a
+    plausible block (data.probe.paddle_intact).
+    """
+    p = probe(frames)
+    both = p["ball"][:-1] & p["ball"][1:] & same_episode
+    step = np.hypot(np.diff(p["ball_x"]), np.diff(p["ball_y"]))
+    out = {"ball": float(p["ball"].mean()),
+           "ball_moves": float((step[both] >= BALL_MOVES_PX).mean()) if both.any() else float("nan")}
+    return out | {k + "_intact": float(paddle_intact(p, k).mean()) for k in ("player", "opponent")}
+
+
+def reconstruction_figures(frames: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """Pixel MSE and object agreement of reconstructions of real uint8 (N, 84, 84) frames."""
+    pr = probe(frames)
+    ok = compare_probes(pr, probe(recon))
+    has_ball = pr["ball"]
+    return {"mse": pixel_mse(recon, frames),
+            "ball_on_frames_with_ball": float(ok["ball"][has_ball].mean()) if has_ball.any() else float("nan"),
+            **{k: float(ok[k].mean()) for k in ("ball", "player", "opponent")}}
+
+
+@torch.no_grad()
+def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: int = 4096,
+                                batch: int = 512) -> tuple[dict[str, float], dict[str, float]]:
+    """Reconstruction of every held-out frame, and teacher-forced one-step prediction: frame t + K
+    from the K real frames before it and their actions.
+
+    Every frame is encoded once; the predictor runs on windows of latents: the same numbers as
+    wm.reconstruct and rollout_batch with H = 1, without encoding each frame K + 1 times.
+    """
+    wm.eval()
+    K, p = wm.context, wm.predictor
+    frames = data.frames[np.arange(len(data))]                                 # (N, 84, 84)
+    z = encode_all(wm, frames, batch)                                          # (N, D)
+    recon = np.empty_like(frames)
+    for i in range(0, len(z), batch):
+        recon[i:i + batch] = to_uint8(wm.ae.decode(z[i:i + batch]))
+    rec = {"frames": len(frames)} | reconstruction_figures(frames, recon)
+    mse = pixel_mse
+    s = data.starts(K + 1)
+    if len(s) == 0:
+        return rec, {"windows": 0}
+    s = s[evenly(len(s), max_windows)]
+    zn = p.normalize(z)
+    acts = torch.from_numpy(np.asarray(data.actions, np.int64)).to(wm.device)
+    idx = torch.from_numpy(s[:, None] + np.arange(K))                          # (W, K)
+    pred = np.concatenate([to_uint8(wm.ae.decode(p.denormalize(p(zn[j], acts[j])))) for j in idx.split(batch)])
+    real = frames[s + K]
+    ok = object_agreement(real, pred)
+    one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(frames[s + K - 1], real)
+           } | {k: float(v.mean()) for k, v in ok.items()}
+    return rec, one
+
+# ------------------------------------------------------------------------------------ the measurement
+
+
+def _at(curve: np.ndarray, horizons=SUMMARY_HORIZONS) -> dict[str, float]:
+    """The curve at the summary horizons it reaches, and at its last step."""
+    return {str(h): float(curve[h - 1]) for h in sorted({*horizons, len(curve)}) if 1 <= h <= len(curve)}
+
+
+def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: bool = False) -> tuple[dict, dict, float]:
+    """cfg.starts rollouts of cfg.horizon steps from K real frames with the recorded actions, against
+    the real continuation, next to copy-last-frame and the model with its actions zeroed (same starts).
+    Returns the summary dict, the per-horizon curves of each method and the seconds spent rolling out."""
+    K, H = wm.context, cfg.horizon
+    starts = spread_starts(data, K + H, cfg.starts)
+    real = data.frames[starts[:, None] + np.arange(K, K + H)]                  # (S, H, 84, 84)
+    # Model and zero-action starts in one batch: fewer, larger calls run faster on a CPU.
+    ins = [torch.cat(x) for x in zip(rollout_inputs(data, starts, K, H), rollout_inputs(data, starts, K, H, True))]
+    both, spent = rollouts(wm, *ins, batch_frames=cfg.batch_frames, progress=progress)
+    model, zero = both[:len(starts)], both[len(starts):]
+    preds = {"model": model, "copy_last": np.repeat(data.frames[starts + K - 1][:, None], H, 1), "zero_action": zero}
+    per_step = {k: frame_and_object_metrics(real, v, with_ssim=cfg.ssim) for k, v in preds.items()}
+    curves = {k: per_horizon(v) for k, v in per_step.items()}
+    ol = {"horizon": H, "rollouts": len(starts), "episodes": len(np.unique(np.asarray(data.episode)[starts]))}
+    for k, ps in per_step.items():
+        c, th = curves[k], tracking_horizon(ps["ball"])
+        ol[k] = {f: _at(c[f]) for f in ("mse", "psnr", "ssim", "ball_ok", "player_ok", "opponent_ok") if f in c}
+        ol[k] |= {"mse_mean": float(c["mse"].mean()), "ball_tracking_horizon_median": float(np.median(th)),
+                  "ball_tracking_horizon_mean": float(th.mean())}
+    # Worse than doing nothing: horizons where copying the last real frame has the lower MSE.
+    worse = np.flatnonzero(curves["copy_last"]["mse"] < curves["model"]["mse"]) + 1
+    ol["copy_last_beats_model_mse_at"] = [int(h) for h in worse]
+    ol["actions_change_prediction"] = bool((model != zero).any())
+    return ol, curves, spent
+
+
+def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path | None = None
+                             ) -> tuple[dict, float, np.ndarray]:
+    """Long rollouts (how long the ball survives; videos into out_dir) and dreams with random actions
+    (no ground truth: plausibility only, next to real frames). Returns metrics, single-stream fps and
+    the dreams, uint8 (D, T, 84, 84)."""
+    K, L, T = wm.context, cfg.long_horizon, cfg.dream_steps
+    ls = spread_starts(data, K + L, cfg.long_starts) if cfg.long_starts > 0 and len(data.starts(K + L)) else \
+        np.zeros(0, np.int64)
+    ds = spread_starts(data, K, cfg.dreams)
+    dream_in = list(rollout_inputs(data, ds, K, 1))
+    dream_in[1] = torch.from_numpy(np.random.default_rng(cfg.seed).integers(0, wm.num_actions, (len(ds), T)))
+    long_in = rollout_inputs(data, ls, K, L)
+    if L == T:   # one batch: fewer, larger calls run faster on a CPU
+        both = rollouts(wm, *[torch.cat(x) for x in zip(long_in, dream_in)], batch_frames=cfg.batch_frames)[0]
+        lmodel, dream = both[:len(ls)], both[len(ls):]
+    else:
+        lmodel, dream = rollouts(wm, *long_in, cfg.batch_frames)[0], rollouts(wm, *dream_in, cfg.batch_frames)[0]
+    m, single = {"long": {"skipped": f"no held-out episode holds {K + L} frames" if cfg.long_starts else "off"},
+                 "videos": []}, float("nan")
+    if len(ls):
+        lreal = data.frames[ls[:, None] + np.arange(K, K + L)]                 # (S, L, 84, 84)
+        m["long"] = {"horizon": L, "rollouts": len(ls)}
+        for k, v in (("model", lmodel), ("copy_last", np.repeat(data.frames[ls + K - 1][:, None], L, 1))):
+            f = frame_and_object_metrics(lreal, v, with_ssim=False)
+            m["long"][k] = {"mse": _at(f["mse"].mean(0)), "ball_ok": _at(f["ball"].mean(0)),
+                            "ball_tracking_horizon_median": float(np.median(tracking_horizon(f["ball"])))}
+        for i in range(min(cfg.videos, len(ls)) if out_dir is not None else 0):
+            n = cfg.video_steps
+            video = panels([lreal[i, :n], lmodel[i, :n], difference(lreal[i, :n], lmodel[i, :n])],
+                           ["real  step {t}", "model", "|difference|"])
+            m["videos"] += save_video(video, out_dir / "videos" / f"rollout_{i}.gif", cfg.fps)
+        # Single stream: the API a player uses, one start, one frame at a time.
+        s = int(ls[0])
+        t = time.perf_counter()
+        wm.rollout(data.frames[s:s + K], data.actions[s + K - 1:s + K - 1 + L], data.actions[s:s + K - 1])
+        single = L / (time.perf_counter() - t)
+    same = np.ones(dream.shape[:2], bool)
+    same[:, -1] = False                                                        # one dream does not follow another
+    ep = np.asarray(data.episode)
+    m["dream"] = {"steps": T, "dreams": len(ds), "actions": f"uniform random, seed {cfg.seed}",
+                  "model": plausibility(dream.reshape(-1, 84, 84), same.ravel()[:-1]),
+                  "real": plausibility(data.frames[np.arange(len(data))], ep[1:] == ep[:-1])}
+    return m, single, dream
+
+
+def measure(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path | None = None,
+            progress: bool = False) -> tuple[dict, dict, np.ndarray]:
+    """Every figure of the evaluation on held-out `data`, as metrics.json holds them (videos into out_dir);
+    also the per-horizon curves of each method and the dreams, uint8 (D, T, 84, 84)."""
+    times, t0 = {}, time.perf_counter()
+    wm.eval()
+    m = {"game": wm.game, "context": wm.context, "eval_config": asdict(cfg)}
+    t = time.perf_counter()
+    m["open_loop"], curves, spent = open_loop(wm, data, cfg, progress)
+    times["open_loop"] = time.perf_counter() - t
+    t = time.perf_counter()
+    long_and_dreams, single, dreams = long_rollouts_and_dreams(wm, data, cfg, out_dir)
+    m |= long_and_dreams
+    times["long_rollouts+dreams"] = time.perf_counter() - t
+    t = time.perf_counter()
+    m["reconstruction"], m["one_step"] = reconstruction_and_one_step(wm, data)
+    times["reconstruction+one_step"] = time.perf_counter() - t
+    if cfg.probe_frames > 0 and wm.game == "Pong":
+        t = time.perf_counter()
+        m["probe_vs_ram"] = validate_probe(*record_labelled(wm.game, cfg.probe_frames, cfg.seed + 1))
+        times["probe_check"] = time.perf_counter() - t
+    n = m["open_loop"]["rollouts"]
+    m["speed"] = {"rollout_fps_batched": 2 * n * cfg.horizon / spent,
+                  "batched_rollouts_at_once": min(2 * n, max(1, cfg.batch_frames // cfg.horizon)),
+                  "rollout_fps_single": single, "torch_threads": torch.get_num_threads(), "device": str(wm.device)}
+    worse = m["open_loop"]["copy_last_beats_model_mse_at"]
+    m["warnings"] = [f"copy-last-frame beats the model on MSE at horizons {_ranges(worse)}"] if worse else []
+    m["times_s"] = times | {"measure": time.perf_counter() - t0}
+    return m, curves, dreams
+
+
+def quick_config(cfg: Config) -> HeldoutConfig:
+    """The end-of-training summary: measure's settings with fewer, shorter rollouts and no SSIM,
+    no long rollouts, no videos, no probe check (a few seconds on a CPU)."""
+    return replace(cfg.heldout, horizon=cfg.eval.summary_horizon, starts=cfg.eval.summary_starts, ssim=False,
+                   long_starts=0, videos=0, probe_frames=0)
+
+# ------------------------------------------------------------------------------------ files and pictures
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| of uint8 frames, as uint8."""
+    return np.abs(a.astype(np.int16) - b).astype(np.uint8)
+
+
+def save_recon_png(real: np.ndarray, recon: np.ndarray, path: str | Path) -> None:
+    """Real frames above their reconstructions, big enough to see the ball."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:  # headless CLI; a notebook keeps its own backend
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(real)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
+    for i in range(n):
+        for row, (img, label) in enumerate([(real[i], "real"), (recon[i], "reconstruction")]):
+            ax = axes[row, i]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label)
+    fig.suptitle("held-out frames: real (top) vs reconstruction (bottom)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, dict[str, np.ndarray]], n: int, episodes: int, out_dir: Path) -> None:
+    """plots/mse_vs_horizon.png and plots/ball_vs_horizon.png, the baselines on the same starts."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:   # headless CLI; a notebook keeps its own backend
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    style = {"model": ("model", "C0", "-"), "copy_last": ("copy last frame", "C1", "--"),
+             "zero_action": ("model, actions zeroed", "C2", ":")}
+    h = np.arange(1, len(curves["model"]["mse"]) + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m, (label, color, ls) in style.items():
+        ax.plot(h, curves[m]["mse"], ls, color=color, label=label)
+    ax.set_xlabel("prediction horizon (steps after the last real frame)")
+    ax.set_ylabel("pixel MSE (0..1 scale)")
+    ax.set_title(f"open-loop MSE vs horizon: {n} rollouts from {episodes} held-out episodes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "mse_vs_horizon.png", dpi=110)
+    plt.close(fig)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m, (label, color, ls) in style.items():
+        err = np.where(curves[m]["ball_pos_n"] >= 3, curves[m]["ball_pos_err"], np.nan)   # a mean of < 3 is noise
+        a1.plot(h, err, ls, color=color, label=label)
+        a2.plot(h, curves[m]["ball_tracked_share"], ls, color=color, label=label)
+    a1.set_ylabel("ball position error (px)")
+    a1.set_title("where both frames have a ball (>= 3 rollouts)", fontsize=9)
+    a2.set_ylabel("share of rollouts still tracking the ball")
+    a2.set_ylim(-0.02, 1.02)
+    for a in (a1, a2):
+        a.set_xlabel("prediction horizon (steps)")
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.suptitle(f"ball vs horizon: {n} rollouts from {episodes} held-out episodes (tracked: no step yet "
+                 f"with the ball missing, spurious or > 2 px off)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "ball_vs_horizon.png", dpi=110)
+    plt.close(fig)
+
+
+def write_csv(curves: dict[str, dict[str, np.ndarray]], n: int, path: Path) -> None:
+    """One row per horizon step h = 1..H; columns <method>_<figure>."""
+    keys = list(curves["model"])
+    cols = ["h", "rollouts"] + [f"{m}_{k}" for m in METHODS for k in keys]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for i in range(len(curves["model"]["mse"])):
+            w.writerow([i + 1, n] + [f"{float(curves[m][k][i]):.6g}" for m in METHODS for k in keys])
+
+
+
+def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | Path,
+                        cfg: HeldoutConfig | None = None, progress: bool = True, checkpoint: str | None = None) -> dict:
+    """The eval command's measurement, written to out_dir: metrics.json, metrics_by_horizon.csv, plots/, videos/.
+
+    data: held-out episodes (None: recorded now with cfg.seed and cfg.policy); checkpoint: the file
+    `wm` came from, recorded in metrics.json. Returns metrics.json's dict.
+    """
+    cfg = cfg or HeldoutConfig()
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    (out_dir / "videos").mkdir(exist_ok=True)
+    recorded = data is None
+    if recorded:
+        data = heldout_data(wm, cfg)
+    record_s = time.perf_counter() - t0
+    m, curves, _ = measure(wm, data, cfg, out_dir, progress)
+    m["data"] = {"frames": len(data), "episodes": len(np.unique(np.asarray(data.episode))),
+                 "source": f"recorded now: seed {cfg.seed}, policy {cfg.policy}" if recorded else "given"}
+    write_csv(curves, m["open_loop"]["rollouts"], out_dir / "metrics_by_horizon.csv")
+    plot_curves(curves, m["open_loop"]["rollouts"], m["open_loop"]["episodes"], out_dir / "plots")
+    m["times_s"] |= {"record": record_s, "total": time.perf_counter() - t0}
+    if checkpoint is not None:
+        m["checkpoint"] = checkpoint
+    (out_dir / "metrics.json").write_text(json.dumps(m, indent=1))
+    return m
+
+
+def evaluate(cfg: Config, wm: WorldModel, val: FrameData, write_assets: bool = True) -> dict:
+    """The end of a training run: measure's quick mode on the held-out split, and the two assets
+    (assets/real_vs_recon.png, assets/pong_fake.gif). Returns the figures (summary.json holds them)."""
+    m, _, _ = measure(wm, val, quick_config(cfg))
+    if write_assets:
+        write_assets_of(cfg, wm, val)
+    return m
+
+
+def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData) -> None:
+    """real_vs_recon.png: 8 held-out frames with a ball above their reconstructions; pong_fake.gif:
+    an eval.rollout_frames open-loop dream from the first long-enough held-out window, with the
+    actions the player took there, beside the real game."""
+    frames = np.asarray(val.frames)
+    has_ball = probe(frames)["ball"]
+    pick = np.flatnonzero(has_ball)
+    pick = pick[evenly(len(pick), 8)] if len(pick) >= 8 else np.arange(min(8, len(val)))
+    save_recon_png(frames[pick], wm.reconstruct(frames[pick]), Path(cfg.experiment.assets_dir) / "real_vs_recon.png")
+    K, H = wm.context, cfg.eval.rollout_frames
+    s = val.starts(K + H)
+    if len(s) == 0:
+        raise UsageError(f"no held-out episode holds {K + H} frames: raise data.val_steps or lower eval.rollout_frames")
+    s = int(s[0])
+    dream = wm.rollout(frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
+    video = panels([frames[s + K:s + K + H], dream], ["real  t={t}", "dream"])
+    save_video(video, Path(cfg.experiment.assets_dir) / "pong_fake.gif", cfg.eval.fps, mp4=False)
+
+
+def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameData | None = None,
+             cfg: HeldoutConfig | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """`python world_model.py eval --checkpoint PATH`: runs/<timestamp>_<game>_eval/ with everything in it."""
+    wm = WorldModel.load(checkpoint)
+    run_dir = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{wm.game.lower()}_eval"
+    while run_dir.exists():
+        run_dir = run_dir.with_name(run_dir.name + "_")
+    m = evaluate_checkpoint(wm, data, run_dir, cfg, progress=progress, checkpoint=str(checkpoint))
+    if progress:
+        print_eval_summary(m)
+        print(f"run folder        {run_dir}")
+    return run_dir, m
+
+# ------------------------------------------------------------------------------------ printing
+
+
+def _ranges(hs: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out, i = [], 0
+    while i < len(hs):
+        j = i
+        while j + 1 < len(hs) and hs[j + 1] == hs[j] + 1:
+            j += 1
+        out.append(f"{hs[i]}" if i == j else f"{hs[i]}-{hs[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def print_eval_summary(m: dict) -> None:
+    """A fixed-format table: the model next to its baselines on the same held-out starts."""
+    ol, d = m["open_loop"], m["data"]
+    print(f"\nheld-out data     {d['frames']} frames, {d['episodes']} episodes ({d['source']})")
+    print(f"open loop         {ol['rollouts']} rollouts x {ol['horizon']} steps from {ol['episodes']} episodes, "
+          f"K = {m['context']} real context frames, recorded actions")
+    print(f"{'':24s}{'model':>12s}{'copy_last':>12s}{'zero_action':>12s}")
+    for fig, fmt in (("mse", "{:12.5f}"), ("psnr", "{:12.2f}"), ("ssim", "{:12.3f}"), ("ball_ok", "{:12.1%}"),
+                     ("player_ok", "{:12.1%}"), ("opponent_ok", "{:12.1%}")):
+        for h in ol["model"][fig]:
+            print(f"{fig + ' h=' + h:24s}" + "".join(fmt.format(ol[k][fig][h]) for k in METHODS))
+    print(f"{'ball tracked (median)':24s}"
+          + "".join(f"{ol[k]['ball_tracking_horizon_median']:8.0f} st" for k in METHODS))
+    lg = m["long"]
+    if "rollouts" in lg:
+        label = f"{lg['horizon']}-step, {lg['rollouts']} starts"
+        print(f"{label:24s}" + "".join(f"{lg[k]['ball_tracking_horizon_median']:8.0f} st" if k in lg else f"{'-':>12s}"
+                                       for k in METHODS) + "   (ball tracked, median)")
+    r, o = m["reconstruction"], m["one_step"]
+    print(f"reconstruction    MSE {r['mse']:.5f}  ball {r['ball']:.1%} "
+          f"(frames with a ball {r['ball_on_frames_with_ball']:.1%})"
+          f"  player {r['player']:.1%}  opponent {r['opponent']:.1%}  ({r['frames']} frames)")
+    if o.get("windows"):
+        print(f"one step          MSE {o['mse']:.5f} (copy-last {o['copy_last_mse']:.5f})  ball {o['ball']:.1%}  "
+              f"player {o['player']:.1%}  opponent {o['opponent']:.1%}  ({o['windows']} windows, teacher-forced)")
+    dm, dr = m["dream"]["model"], m["dream"]["real"]
+    print(f"dream             {m['dream']['dreams']} x {m['dream']['steps']} steps, {m['dream']['actions']} actions:  "
+          f"ball present {dm['ball']:.0%} (real {dr['ball']:.0%})  "
+          f"ball moves {dm['ball_moves']:.0%} (real {dr['ball_moves']:.0%})"
+          f"  paddles intact {dm['player_intact']:.0%} / {dm['opponent_intact']:.0%} "
+          f"(real {dr['player_intact']:.0%} / {dr['opponent_intact']:.0%})")
+    sp = m["speed"]
+    print(f"rollout speed     {sp['rollout_fps_batched']:.0f} frames/s batched "
+          f"({sp['batched_rollouts_at_once']} at once), "
+          f"{sp['rollout_fps_single']:.0f} frames/s single stream ({sp['device']}, {sp['torch_threads']} threads)")
+    if "probe_vs_ram" in m:
+        pv = m["probe_vs_ram"]
+        print(f"probe vs RAM      ball {pv['ball']:.2%}  player {pv['player']:.2%}  opponent {pv['opponent']:.2%}"
+              f"  ({pv['frames']} labelled frames)")
+    print(f"time              {m['times_s']['total']:.1f} s")
+    for w in m["warnings"]:
+        print(f"WARNING: {w}")
+
+
+def print_summary(s: dict) -> None:
+    """The lines a training run ends with: phase times, then measure's quick figures."""
+    t, ol, r, dm = s["times_s"], s["open_loop"], s["reconstruction"], s["dream"]
+    print(f"\nrun folder        {s['run_dir']}")
+    print(f"data              {t['data']:6.1f} s  {s['train_frames']} training frames ({s['train_episodes']} episodes), "
+          f"{r['frames']} held-out frames from other episodes")
+    print(f"autoencoder       {t['autoencoder']:6.1f} s  held-out reconstruction MSE {r['mse']:.5f}")
+    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step latent error {s['val_pred_1step']:.4f} (normalised)")
+    print(f"eval + assets     {t['eval+assets']:6.1f} s  total {t['total']:.1f} s")
+    print(f"held-out objects  ball {r['ball']:.1%}  (on frames with a ball {r['ball_on_frames_with_ball']:.1%})"
+          f"  player paddle {r['player']:.1%}  opponent paddle {r['opponent']:.1%}")
+    H = ol["horizon"]
+    for name, label in (("model", "open loop"), ("copy_last", "copy-last-frame")):
+        o = ol[name]
+        print(f"{label:17s} {ol['rollouts']} held-out starts, kept at h=1/{H}: ball {o['ball_ok']['1']:.0%}/"
+              f"{o['ball_ok'][str(H)]:.0%}  player {o['player_ok']['1']:.0%}/{o['player_ok'][str(H)]:.0%}  "
+              f"opponent {o['opponent_ok']['1']:.0%}/{o['opponent_ok'][str(H)]:.0%}  "
+              f"ball tracked {o['ball_tracking_horizon_median']:.0f} steps (median)")
+    print(f"dream             {s['dream']['dreams']} x {s['dream']['steps']} steps, random actions: ball present "
+          f"{dm['model']['ball']:.0%} (real {dm['real']['ball']:.0%}), moving {dm['model']['ball_moves']:.0%}, "
+          f"paddles intact {dm['model']['player_intact']:.0%} / {dm['model']['opponent_intact']:.0%}")
+
+
+def main(argv: list[str]) -> int:
+    """python world_model.py eval [--checkpoint PATH] [--data SOURCE] [heldout.<field>=value ...]"""
+    ap = argparse.ArgumentParser(prog="world_model.py eval", description="measure a checkpoint on held-out Pong: "
+                                 "open-loop rollouts vs the real game by horizon, baselines, reconstruction, dreams",
+                                 epilog="overrides: heldout.<field>=value (HeldoutConfig in world_model.py), "
+                                 "experiment.out_dir=...")
+    ap.add_argument("--checkpoint", help="default: the newest runs/*/checkpoints/best.pt")
+    ap.add_argument("--data", help="held-out data instead of a fresh recording: a dataset folder or d4rl:<id>; "
+                    "if it is the model's training source, only its held-out episodes are used")
+    ap.add_argument("--config", help="YAML file merged into the defaults before the overrides")
+    ap.add_argument("overrides", nargs="*", help="key=value pairs")
+    args = ap.parse_args(argv)
+    cfg = make_config(args.overrides, args.config)
+    ckpt = args.checkpoint or latest_checkpoint(cfg.experiment.out_dir, "best.pt")
+    data = None
+    if args.data:
+        from data.d4rl_frames import load_source, split_episodes
+        wm = WorldModel.load(ckpt)
+        data = load_source(args.data, game=wm.game, num_actions=wm.num_actions)
+        if args.data == wm.cfg.data.source:  # never score the model on its own training episodes
+            data = split_episodes(data, wm.cfg.data.val_fraction)[1]
+    eval_run(ckpt, cfg.experiment.out_dir, data, cfg.heldout)
+    return 0
