@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from data import UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_MOVES_PX, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
+from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
 from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, latest_checkpoint, make_config,
                          panels, pixel_mse, save_video, to_uint8)
@@ -107,7 +107,8 @@ def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool
     """Per (rollout, step) figures: uint8 (S, H, 84, 84) x 2 -> dict of (S, H) arrays.
 
     mse (0..1 scale), ssim, and the probe's comparison: ball / player / opponent kept (bool),
-    <obj>_presence (bool), ball_err / player_err / opponent_err (pixels, NaN unless both have it).
+    ball_4px (the ball rule at 4 px), <obj>_presence (bool), ball_err / player_err / opponent_err
+    (pixels, NaN unless both have it).
     Chunks of frames bound the float copies (SSIM's map is float64).
     """
     S, H = real.shape[:2]
@@ -118,8 +119,32 @@ def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool
         out = {"mse": ((b.astype(np.float32) - a) ** 2).mean((1, 2)) / 255 ** 2}
         if with_ssim:
             out["ssim"] = ssim_frames(a, b)
-        parts.append(out | compare_probes(probe(a), probe(b)))
+        pa, pb = probe(a), probe(b)
+        parts.append(out | compare_probes(pa, pb) | {"ball_4px": ball_kept(pa, pb, 4.0)})
     return {k: np.concatenate([q[k] for q in parts]).reshape(S, H) for k in parts[0]}
+
+
+def constant_velocity(context: np.ndarray, horizon: int) -> dict[str, np.ndarray]:
+    """The physical baseline: the ball's probe positions in the last two context frames, moved on at
+    that velocity, reflected at the top and bottom walls (no paddles). uint8 (S, K, 84, 84) ->
+    ball (S, H) bool (no ball where either frame lacks one, or once it leaves the screen), ball_x, ball_y."""
+    S = len(context)
+    p = probe(context[:, -2:].reshape(-1, 84, 84))
+    x, y, have = (p[k].reshape(S, 2) for k in ("ball_x", "ball_y", "ball"))
+    t = np.arange(1, horizon + 1)[None]                                       # (1, H)
+    bx = x[:, 1:] + t * (x[:, 1:] - x[:, :1])                                 # (S, H)
+    lo, hi = BALL_Y_RANGE
+    free = y[:, 1:] + t * (y[:, 1:] - y[:, :1]) - lo                          # unfolded, from the top wall
+    m = np.mod(free, 2 * (hi - lo))
+    by = lo + np.where(m > hi - lo, 2 * (hi - lo) - m, m)                     # mirrored at both walls
+    ball = have.all(1)[:, None] & (bx >= 0) & (bx <= 83)
+    return {"ball": ball, "ball_x": np.where(ball, bx, np.nan), "ball_y": np.where(ball, by, np.nan)}
+
+
+def ball_kept(real: dict[str, np.ndarray], pred: dict[str, np.ndarray], px: float) -> np.ndarray:
+    """The ball rule at any tolerance: present in both within px (centroid distance), or absent in both."""
+    dist = np.hypot(real["ball_x"] - pred["ball_x"], real["ball_y"] - pred["ball_y"])
+    return np.where(real["ball"], pred["ball"] & (dist <= px), ~pred["ball"])
 
 
 def tracking_horizon(ball_ok: np.ndarray) -> np.ndarray:
@@ -156,13 +181,18 @@ def plausibility(frames: np.ndarray, same_episode: np.ndarray) -> dict[str, floa
 
     ball: share of frames with a ball; ball_moves: share of consecutive pairs, both with a ball, in
     which it moved >= BALL_MOVES_PX; <paddle>_intact: share of frames where the paddle shows a
-    plausible block (data.probe.paddle_intact).
+    plausible block (data.probe.paddle_intact); opponent_follows: correlation of the opponent
+    paddle's row with the ball's on frames showing both.
     """
     p = probe(frames)
     both = p["ball"][:-1] & p["ball"][1:] & same_episode
     step = np.hypot(np.diff(p["ball_x"]), np.diff(p["ball_y"]))
     out = {"ball": float(p["ball"].mean()),
            "ball_moves": float((step[both] >= BALL_MOVES_PX).mean()) if both.any() else float("nan")}
+    # Pong's opponent chases the ball: its paddle's row correlates with the ball's.
+    seen = p["ball"] & p["opponent"]
+    out["opponent_follows"] = float(np.corrcoef(p["ball_y"][seen], p["opponent_y"][seen])[0, 1]) \
+        if seen.sum() > 2 and np.ptp(p["ball_y"][seen]) > 0 and np.ptp(p["opponent_y"][seen]) > 0 else float("nan")
     return out | {k + "_intact": float(paddle_intact(p, k).mean()) for k in ("player", "opponent")}
 
 
@@ -235,7 +265,16 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
         c, th = curves[k], tracking_horizon(ps["ball"])
         ol[k] = {f: _at(c[f]) for f in ("mse", "psnr", "ssim", "ball_ok", "player_ok", "opponent_ok") if f in c}
         ol[k] |= {"mse_mean": float(c["mse"].mean()), "ball_tracking_horizon_median": float(np.median(th)),
-                  "ball_tracking_horizon_mean": float(th.mean())}
+                  "ball_tracking_horizon_mean": float(th.mean()),
+                  "ball_tracking_horizon_median_4px": float(np.median(tracking_horizon(ps["ball_4px"])))}
+    # The physical reference for the ball alone: constant velocity from the last two context frames.
+    cv_pred = constant_velocity(data.frames[starts[:, None] + np.arange(K)], H)
+    real_p = {k: v.reshape(len(starts), H) for k, v in probe(real.reshape(-1, 84, 84)).items()}
+    cv = {px: ball_kept(real_p, cv_pred, px) for px in (2.0, 4.0)}
+    ol["const_velocity"] = {"ball_ok": _at(cv[2.0].mean(0)),
+                            "ball_tracking_horizon_median": float(np.median(tracking_horizon(cv[2.0]))),
+                            "ball_tracking_horizon_mean": float(tracking_horizon(cv[2.0]).mean()),
+                            "ball_tracking_horizon_median_4px": float(np.median(tracking_horizon(cv[4.0])))}
     # Worse than doing nothing: horizons where copying the last real frame has the lower MSE.
     worse = np.flatnonzero(curves["copy_last"]["mse"] < curves["model"]["mse"]) + 1
     ol["copy_last_beats_model_mse_at"] = [int(h) for h in worse]
@@ -285,7 +324,25 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
     m["dream"] = {"steps": T, "dreams": len(ds), "actions": f"uniform random, seed {cfg.seed}",
                   "model": plausibility(dream.reshape(-1, 84, 84), same.ravel()[:-1]),
                   "real": plausibility(data.frames[np.arange(len(data))], ep[1:] == ep[:-1])}
+    if wm.game == "Pong":
+        m["dream"]["obeys"] = obeys_actions(wm, dream_in[0], dream_in[2], cfg)
     return m, single, dream
+
+
+def obeys_actions(wm: WorldModel, context: torch.Tensor, context_actions: torch.Tensor, cfg: HeldoutConfig) -> dict:
+    """Pong: dreams fed only UP (only DOWN) from the same contexts must end with the player's paddle
+    at the top (bottom) wall, as the real game does within ~10 steps. Shares of dreams whose paddle
+    centre ends within 4 px of that wall, and the mean final centre rows."""
+    n, T = len(context), min(cfg.dream_steps, 60)
+    acts = torch.cat([torch.full((n, T), UP), torch.full((n, T), DOWN)])
+    ends = probe(rollouts(wm, torch.cat([context, context]), acts, torch.cat([context_actions, context_actions]),
+                          cfg.batch_frames)[0][:, -1])["player_y"]                           # (2n,) NaN: no paddle
+    up, down = ends[:n], ends[n:]
+    top, bottom = PLAYFIELD[0], PLAYFIELD[1] - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"steps": T, "up_at_top": float(np.mean(up <= top + 4)), "down_at_bottom": float(np.mean(down >= bottom - 4)),
+                "up_end_y": float(np.nanmean(up)), "down_end_y": float(np.nanmean(down))}
 
 
 def measure(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path | None = None,
@@ -497,18 +554,21 @@ def print_eval_summary(m: dict) -> None:
     print(f"\nheld-out data     {d['frames']} frames, {d['episodes']} episodes ({d['source']})")
     print(f"open loop         {ol['rollouts']} rollouts x {ol['horizon']} steps from {ol['episodes']} episodes, "
           f"K = {m['context']} real context frames, recorded actions")
-    print(f"{'':24s}{'model':>12s}{'copy_last':>12s}{'zero_action':>12s}")
-    for fig, fmt in (("mse", "{:12.5f}"), ("psnr", "{:12.2f}"), ("ssim", "{:12.3f}"), ("ball_ok", "{:12.1%}"),
-                     ("player_ok", "{:12.1%}"), ("opponent_ok", "{:12.1%}")):
-        for h in ol["model"][fig]:
-            print(f"{fig + ' h=' + h:24s}" + "".join(fmt.format(ol[k][fig][h]) for k in METHODS))
-    print(f"{'ball tracked (median)':24s}"
-          + "".join(f"{ol[k]['ball_tracking_horizon_median']:8.0f} st" for k in METHODS))
+    cols = (*METHODS, "const_velocity")
+    print(f"{'':24s}" + "".join(f"{k:>15s}" for k in cols))
+    for fig, fmt in (("mse", "{:15.5f}"), ("psnr", "{:15.2f}"), ("ssim", "{:15.3f}"), ("ball_ok", "{:15.1%}"),
+                     ("player_ok", "{:15.1%}"), ("opponent_ok", "{:15.1%}")):
+        for h in ol["model"].get(fig, {}):
+            print(f"{fig + ' h=' + h:24s}" + "".join(fmt.format(ol[k][fig][h]) if fig in ol[k] else f"{'-':>15s}"
+                                                   for k in cols))
+    for key, label in (("", "2 px"), ("_4px", "4 px")):
+        print(f"{'ball tracked, ' + label:24s}"
+              + "".join(f"{ol[k]['ball_tracking_horizon_median' + key]:11.1f} st" for k in cols) + "   (median)")
     lg = m["long"]
     if "rollouts" in lg:
         label = f"{lg['horizon']}-step, {lg['rollouts']} starts"
-        print(f"{label:24s}" + "".join(f"{lg[k]['ball_tracking_horizon_median']:8.0f} st" if k in lg else f"{'-':>12s}"
-                                       for k in METHODS) + "   (ball tracked, median)")
+        print(f"{label:24s}" + "".join(f"{lg[k]['ball_tracking_horizon_median']:11.1f} st" if k in lg else f"{'-':>15s}"
+                                       for k in cols) + "   (ball tracked, median)")
     r, o = m["reconstruction"], m["one_step"]
     print(f"reconstruction    MSE {r['mse']:.5f}  ball {r['ball']:.1%} "
           f"(frames with a ball {r['ball_on_frames_with_ball']:.1%})"
@@ -521,7 +581,13 @@ def print_eval_summary(m: dict) -> None:
           f"ball present {dm['ball']:.0%} (real {dr['ball']:.0%})  "
           f"ball moves {dm['ball_moves']:.0%} (real {dr['ball_moves']:.0%})"
           f"  paddles intact {dm['player_intact']:.0%} / {dm['opponent_intact']:.0%} "
-          f"(real {dr['player_intact']:.0%} / {dr['opponent_intact']:.0%})")
+          f"(real {dr['player_intact']:.0%} / {dr['opponent_intact']:.0%})"
+          f"  opponent follows the ball r = {dm['opponent_follows']:.2f} (real {dr['opponent_follows']:.2f})")
+    if "obeys" in m["dream"]:
+        ob = m["dream"]["obeys"]
+        print(f"dream obeys       only UP for {ob['steps']} steps: player paddle at the top wall in {ob['up_at_top']:.0%} "
+              f"(ends at row {ob['up_end_y']:.1f}); only DOWN: at the bottom in {ob['down_at_bottom']:.0%} "
+              f"(row {ob['down_end_y']:.1f})")
     sp = m["speed"]
     print(f"rollout speed     {sp['rollout_fps_batched']:.0f} frames/s batched "
           f"({sp['batched_rollouts_at_once']} at once), "
@@ -553,6 +619,9 @@ def print_summary(s: dict) -> None:
               f"{o['ball_ok'][str(H)]:.0%}  player {o['player_ok']['1']:.0%}/{o['player_ok'][str(H)]:.0%}  "
               f"opponent {o['opponent_ok']['1']:.0%}/{o['opponent_ok'][str(H)]:.0%}  "
               f"ball tracked {o['ball_tracking_horizon_median']:.0f} steps (median)")
+    print(f"{'const-velocity':17s} the ball alone, kept at h=1/{H}: {ol['const_velocity']['ball_ok']['1']:.0%}/"
+          f"{ol['const_velocity']['ball_ok'][str(H)]:.0%}  ball tracked "
+          f"{ol['const_velocity']['ball_tracking_horizon_median']:.0f} steps (median)")
     print(f"dream             {s['dream']['dreams']} x {s['dream']['steps']} steps, random actions: ball present "
           f"{dm['model']['ball']:.0%} (real {dm['real']['ball']:.0%}), moving {dm['model']['ball_moves']:.0%}, "
           f"paddles intact {dm['model']['player_intact']:.0%} / {dm['model']['opponent_intact']:.0%}")

@@ -24,6 +24,8 @@ PADDLE_MIN = 0.41 * 255    # a paddle row's mean over its 3 columns exceeds this
 # when partly behind a wall. Measured on 4,500 recorded frames (seeds 7, 11, 13).
 PADDLE_ROWS = (6, 13)
 BALL_MOVES_PX = 0.5        # a ball 'moves' when its centroid shifts this much between frames
+BALL_Y_RANGE = (14.0, 76.0)  # the ball's centre row between the walls: it bounces at these
+UP, DOWN = 2, 3            # the ALE actions that move the player's paddle up (RIGHT) and down (LEFT)
 
 
 def _drop_ball_fragments(on: np.ndarray, near_ball: np.ndarray, ball_y: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ import pytest
 from data.d4rl_frames import FrameData
 from data.probe import probe
 from evaluate import (
+    ball_kept,
+    constant_velocity,
     difference,
     evaluate,
     quick_config,
@@ -149,6 +151,9 @@ def test_summary_prints_the_table(evaluated, capsys):
     print_eval_summary(m)
     text = capsys.readouterr().out
     assert "mse h=1" in text and "copy_last" in text and "zero_action" in text
+    assert "const_velocity" in text and "ball tracked, 4 px" in text and "dream obeys" in text
+    ob = m["dream"]["obeys"]
+    assert 0 <= ob["up_at_top"] <= 1 and 0 <= ob["down_at_bottom"] <= 1
     assert ("WARNING: copy-last-frame beats the model" in text) == bool(m["open_loop"]["copy_last_beats_model_mse_at"])
 
 
@@ -181,3 +186,29 @@ def test_eval_command_writes_its_run_folder(trained, tmp_path):
     bad = subprocess.run([sys.executable, "world_model.py", "eval", "--checkpoint", str(tmp_path / "nope.pt")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not found" in bad.stderr
+
+
+def _ball_frames(centres: list[tuple[int, float]]) -> np.ndarray:
+    """Grey frames with a 1-column, 2-row ball whose probe centroid is (x, y)."""
+    f = np.full((len(centres), 84, 84), 87, np.uint8)
+    for i, (x, y) in enumerate(centres):
+        f[i, int(y - 0.5):int(y - 0.5) + 2, x] = 220
+    return f
+
+
+def test_constant_velocity_tracks_a_straight_ball_exactly_and_bounces_off_the_walls():
+    path = [(20 + 3 * t, 40.5 + 2 * t) for t in range(10)]               # straight: 3 px right, 2 px down a step
+    real = _ball_frames(path)
+    p = probe(real)
+    assert np.allclose(p["ball_x"], [x for x, _ in path]) and np.allclose(p["ball_y"], [y for _, y in path])
+    cv = constant_velocity(real[None, :4], 6)                            # context: the first 4 frames
+    truth = {k: v[4:][None] for k, v in p.items()}
+    assert np.allclose(cv["ball_x"], truth["ball_x"]) and np.allclose(cv["ball_y"], truth["ball_y"])
+    assert ball_kept(truth, cv, 0.01).all()
+    # Down at 4 px a step from row 66.5: 70.5, 74.5, then mirrored at the bottom wall (76): 73.5, 69.5.
+    bounce = constant_velocity(_ball_frames([(30, 62.5), (32, 66.5)])[None], 4)
+    assert np.allclose(bounce["ball_y"][0], [70.5, 74.5, 73.5, 69.5]) and bounce["ball"].all()
+    # No ball in a context frame: no velocity, no prediction; a ball leaving the screen is gone.
+    gone = constant_velocity(np.stack([_ball_frames([(30, 40.5), (31, 40.5)]), np.full((2, 84, 84), 87, np.uint8)]), 3)
+    assert gone["ball"][0].all() and not gone["ball"][1].any()
+    assert not constant_velocity(_ball_frames([(75, 40.5), (80, 40.5)])[None], 2)["ball"][0, 1]
