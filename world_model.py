@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import shutil
@@ -40,9 +41,9 @@ from tqdm.auto import tqdm
 
 from data import MissingInput, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import BALL_THRESHOLD, object_agreement, returned_ball
+from data.probe import BALL_THRESHOLD, PADDLE_COLS, PLAYFIELD, object_agreement, probe, returned_ball
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3   # 3: the latent holds object coordinates
 
 # ------------------------------------------------------------------------------------ config
 
@@ -51,11 +52,11 @@ CHECKPOINT_FORMAT = 2
 class DataConfig:
     source: str = "ale"           # ale: record now with Gymnasium + ale-py | a dataset folder (ours or the predecessor's) | d4rl:<id>
     game: str = "Pong"            # ALE game name, as in ALE/<game>-v5
-    train_steps: int = 5000       # ale source: frames recorded for training
+    train_steps: int = 10000      # ale source: frames recorded for training
     val_steps: int = 1000         # ale source: held-out frames, from separate episodes (val_seed)
     seed: int = 0                 # ale source: seed of the training recording (emulator no-ops and policy)
     val_seed: int = 1             # ale source: seed of the held-out recording; must differ from seed
-    policy: str = "random"        # ale source: policy that plays while recording
+    policy: str = "random+tracker"  # ale source: who plays: random | tracker (returns the ball) | a mix, equal shares
     val_fraction: float = 0.1     # dataset sources: share of whole episodes (the last ones) held out
     num_workers: int = 0          # DataLoader processes gathering autoencoder batches (0: in the main process)
     prefetch_factor: Optional[int] = None  # batches each worker loads ahead; only with num_workers > 0
@@ -66,7 +67,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     latent_dim: int = 128         # size of a frame's latent
-    width: int = 48               # channels of the autoencoder's 21x21 and 11x11 feature maps (multiple of 8)
+    width: int = 48               # channels of the encoder's 21x21 and 11x11 feature maps (multiple of 8)
+    global_width: int = 16        # channels of the global code's decoder (multiple of 8)
+    gain: float = 10.0            # initial gain of the encoder's spatial softmax (learned)
     context: int = 4              # K: latents the predictor sees (1 allowed)
     action_conditioned: bool = True  # False: pure dynamics, the action is not an input
     hidden: int = 512             # predictor MLP width
@@ -74,10 +77,10 @@ class ModelConfig:
 
 @dataclass
 class AEConfig:
-    steps: int = 750              # optimizer steps of the autoencoder loop
-    batch_size: int = 96          # frames per step (the recipe was chosen over 3 training seeds: README)
+    steps: int = 400              # optimizer steps of the autoencoder loop
+    batch_size: int = 64          # frames per step
     lr: float = 3e-3              # peak learning rate (optim.lr, when set, replaces it)
-    schedule: str = "one_cycle"   # learning-rate schedule: one_cycle | cosine | constant
+    schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
     loss: str = "mse"             # per-pixel error: mse | huber (the object weights apply to either)
     huber_delta: float = 0.1      # huber: quadratic below this error (pixels on a 0..1 scale)
     fg_weight: float = 100.0      # extra loss weight on pixels that differ from the background
@@ -87,8 +90,10 @@ class AEConfig:
     peak_weight: float = 100.0    # weight of the max-pooled (3x3) MSE on bright pixels: keeps the ball sharp
     margin_weight: float = 1000.0  # weight of the brightness-margin hinge: only the ball may look like the ball
     margin: float = 0.04          # non-ball pixels stay below bright_threshold - margin, ball pixels above it + margin
-    returned_ball_weight: float = 3.0  # Pong: frames whose ball moves toward the opponent weigh 1 + this in batches
+    returned_ball_weight: float = 0.0  # frames whose ball moves toward the opponent weigh 1 + this in batches
     grad_clip: float = 1.0        # max gradient norm (the weights jump when a ghost object appears)
+    coord_weight: float = 1.0     # weight of the latent's object coordinates against the probe's (Huber, pixels)
+    presence_weight: float = 0.5  # weight of the ball-presence logit's cross-entropy
 
 
 @dataclass
@@ -199,11 +204,19 @@ class Config:
                         ("steps", "horizon", "starts", "long_horizon", "dream_steps", "dreams", "fps", "batch_frames"))]:
             if v < 1:
                 raise UsageError(f"{name} must be >= 1, got {v}")
-        for k in ("fg_weight", "bright_weight", "peak_weight", "margin_weight", "margin", "returned_ball_weight"):
+        for k in ("fg_weight", "bright_weight", "peak_weight", "margin_weight", "margin", "returned_ball_weight",
+                  "coord_weight", "presence_weight"):
             if getattr(self.ae, k) < 0:
                 raise UsageError(f"ae.{k} must be >= 0, got {getattr(self.ae, k)}")
-        if self.model.width % 8:
-            raise UsageError(f"model.width must be a multiple of 8 (GroupNorm uses 8 groups), got {self.model.width}")
+        for k in ("width", "global_width"):
+            if getattr(self.model, k) % 8 or getattr(self.model, k) < 8:
+                raise UsageError(f"model.{k} must be a positive multiple of 8 (GroupNorm uses 8 groups), "
+                                 f"got {getattr(self.model, k)}")
+        if self.model.latent_dim <= NC:
+            raise UsageError(f"model.latent_dim must exceed the {NC} object coordinates, got {self.model.latent_dim}")
+        if d.game != "Pong":
+            raise UsageError(f"data.game={d.game}: the latent holds Pong's objects, found by data/probe.py; other "
+                             f"games can be recorded (python -m data.d4rl_frames --game {d.game}) but not trained yet")
         for name, v, allowed in [("ae.schedule", self.ae.schedule, SCHEDULES), ("pred.schedule", self.pred.schedule, SCHEDULES),
                                  ("ae.loss", self.ae.loss, LOSSES), ("pred.loss", self.pred.loss, LOSSES),
                                  ("train.precision", t.precision, ("fp32", "bf16", "fp16")),
@@ -291,40 +304,112 @@ def train_device(cfg: Config) -> torch.device:
 
 # ------------------------------------------------------------------------------------ models
 
+# The latent's head holds Pong's objects as coordinates in pixels (the probe's units, data/probe.py):
+# ball x, y and presence (a logit), the player's and the opponent's paddle top and bottom edges.
+# The rest of the latent (G = latent_dim - 7 dims) is a global code: score, walls, anything else.
+BX, BY, BP, PT, PB, OT, OB = range(7)
+NC = 7
+POS = [BX, BY, PT, PB, OT, OB]             # the positional dims
+FIELD = (PLAYFIELD[0] - 0.5, PLAYFIELD[1] - 0.5)   # the playfield's edges: rows 14..76 span [13.5, 76.5]
+CENTRE = (42.0, 45.0)                      # where an absent ball's coordinates are put (the field's middle)
+
+
+def object_labels(p: dict[str, np.ndarray]) -> np.ndarray:
+    """probe() results -> float32 (N, 7) coordinate targets: ball x, y (CENTRE where absent), presence
+    0/1, each paddle's top and bottom edge (a paddle hidden behind the top wall: both at the edge)."""
+    out = np.zeros((len(p["ball"]), NC), np.float32)
+    out[:, BX] = np.where(p["ball"], p["ball_x"], CENTRE[0])
+    out[:, BY] = np.where(p["ball"], p["ball_y"], CENTRE[1])
+    out[:, BP] = p["ball"]
+    for k, (t, b) in (("player", (PT, PB)), ("opponent", (OT, OB))):
+        y, rows = np.nan_to_num(p[k + "_y"]), p[k + "_rows"]
+        out[:, t] = np.where(p[k], y - rows / 2, FIELD[0])
+        out[:, b] = np.where(p[k], y + rows / 2, FIELD[0])
+    return out
+
+
+def coverage(c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n: int = 84) -> torch.Tensor:
+    """Share of each pixel [i - 0.5, i + 0.5] inside [c + lo, c + hi]: (B,) -> (B, n). Anti-aliased and
+    differentiable, so a drawn edge moves smoothly with its coordinate."""
+    i = torch.arange(n, device=c.device, dtype=c.dtype)
+    a, b = (c + lo)[:, None], (c + hi)[:, None]
+    return (torch.minimum(i + 0.5, b) - torch.maximum(i - 0.5, a)).clamp(0, 1)
+
 
 class Autoencoder(nn.Module):
-    """84x84 uint8 frame -> latent -> frame, drawn as a residual over the static background.
+    """84x84 uint8 frame -> 128-D latent (object coordinates + global code) -> frame.
 
-    Pixel-unshuffle turns the frame into a 21x21x16 map losslessly, so the ball's exact pixel
-    survives the stem at a fraction of the cost of strided convolutions on the full frame.
+    Encoder: pixel-unshuffle turns the frame into a 21x21x16 map losslessly (the ball's exact pixel
+    survives the stem cheaply), a 3x3 convolution, then per object a spatial softmax over the 441
+    cells (a learnable gain sharpens it) with a sub-cell offset gives its expected position; the
+    ball's presence is the max of a logit map; a strided convolution and a linear layer give the
+    global code. Decoder: the objects are drawn where their coordinates say (the ball an
+    anti-aliased box, each paddle a learned column profile between its edges), over the static
+    background plus what the global code decodes to. A ball at a position never seen is still a
+    ball, and motion in the latent is arithmetic on coordinates.
     """
 
-    def __init__(self, latent_dim: int = 128, width: int = 48):
+    HEAD = 12   # channels: ball logit, dx, dy, presence logit; 4 paddle edges x (logit, dy)
+
+    def __init__(self, latent_dim: int = 128, width: int = 48, global_width: int = 16, gain: float = 10.0):
         super().__init__()
-        self.width = width
+        W, self.gw, self.G = width, global_width, latent_dim - NC
         self.register_buffer("background", torch.zeros(84, 84))  # per-pixel median of training frames, 0..1
-        def norm():  # GroupNorm: measurably faster learning in a 500-step budget, batch-size independent
-            return nn.GroupNorm(8, width)
-        self.encoder = nn.Sequential(
-            nn.PixelUnshuffle(4),                                              # (B, 16, 21, 21)
-            nn.Conv2d(16, width, 3, 1, 1), norm(), nn.GELU(),                  # (B, W, 21, 21)
-            nn.Conv2d(width, width, 3, 2, 1), norm(), nn.GELU(),               # (B, W, 11, 11)
-            nn.Flatten(), nn.Linear(width * 121, latent_dim))                  # (B, D)
-        self.fc = nn.Linear(latent_dim, width * 121)
+        # GroupNorm: measurably faster learning in a short budget, batch-size independent.
+        self.stem = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16, W, 3, 1, 1), nn.GroupNorm(8, W), nn.GELU())
+        self.head = nn.Conv2d(W, self.HEAD, 3, 1, 1)
+        self.log_gain = nn.Parameter(torch.tensor(float(np.log(gain))))
+        self.down = nn.Sequential(nn.Conv2d(W, W, 3, 2, 1), nn.GroupNorm(8, W), nn.GELU())   # (B, W, 11, 11)
+        self.to_global = nn.Linear(W * 121, self.G)
+        cell = torch.arange(21, dtype=torch.float32) * 4 + 1.5                             # cell centres, pixels
+        self.register_buffer("cell_y", cell[:, None].expand(21, 21).reshape(-1).clone())  # (441,)
+        self.register_buffer("cell_x", cell[None, :].expand(21, 21).reshape(-1).clone())
+        self.fc = nn.Linear(self.G, self.gw * 121)
         self.decoder = nn.Sequential(
-            norm(), nn.GELU(), nn.ConvTranspose2d(width, width, 3, 2, 1),      # (B, W, 21, 21)
-            norm(), nn.GELU(), nn.Conv2d(width, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 84, 84)
+            nn.GroupNorm(8, self.gw), nn.GELU(), nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1),   # (B, gw, 21, 21)
+            nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 84, 84)
+        self.ball_amp = nn.Parameter(torch.tensor(0.58))                 # the ball's brightness over the background
+        self.ball_half = nn.Parameter(torch.tensor([0.8, 1.0]))          # its half width and half height, pixels
+        self.paddle_cols = nn.Parameter(torch.tensor([[0.12, 0.23, 0.14], [0.14, 0.24, 0.12]]))  # player, opponent
+        self.cols = (PADDLE_COLS["player"][0], PADDLE_COLS["opponent"][0])
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.float().div(255).unsqueeze(1) - self.background  # uint8 (B, 84, 84) -> (B, 1, 84, 84)
-        return self.encoder(x)                                       # (B, D)
+        f = self.stem(x)                                             # (B, W, 21, 21)
+        h = self.head(f).flatten(2)                                  # (B, 12, 441)
+        gain = self.log_gain.exp()
+        w = torch.softmax(h[:, 0] * gain, -1)                        # (B, 441) where the ball is
+        bx = (w * (self.cell_x + 2 * torch.tanh(h[:, 1]))).sum(-1)   # (B,)
+        by = (w * (self.cell_y + 2 * torch.tanh(h[:, 2]))).sum(-1)
+        edges = []
+        for j in range(4):
+            w = torch.softmax(h[:, 4 + 2 * j] * gain, -1)
+            edges.append((w * (self.cell_y + 2.5 * torch.tanh(h[:, 5 + 2 * j]))).sum(-1))
+        g = self.to_global(self.down(f).flatten(1))                  # (B, G)
+        return torch.cat([torch.stack([bx, by, h[:, 3].amax(-1), *edges], 1), g], 1)   # (B, D)
+
+    def render(self, c: torch.Tensor) -> torch.Tensor:
+        """Coordinates (B, 7) -> the objects drawn on zeros (B, 84, 84)."""
+        hx, hy = self.ball_half[0], self.ball_half[1]
+        ball = coverage(c[:, BY], -hy, hy)[:, :, None] * coverage(c[:, BX], -hx, hx)[:, None, :]   # (B, 84, 84)
+        out = self.ball_amp * torch.sigmoid(c[:, BP])[:, None, None] * ball
+        zero = torch.zeros_like(c[:, 0])
+        for k, (t, b) in enumerate(((PT, PB), (OT, OB))):
+            lo = c[:, t].clamp(*FIELD)
+            rows = coverage(zero, lo, torch.maximum(c[:, b].clamp(*FIELD), lo))          # (B, 84)
+            col = torch.zeros(84, device=c.device, dtype=c.dtype).index_put(
+                (torch.arange(3, device=c.device) + self.cols[k],), self.paddle_cols[k])  # (84,)
+            out = out + rows[:, :, None] * col
+        return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z).view(-1, self.width, 11, 11)                  # (B, W, 11, 11)
-        return self.decoder(h).squeeze(1) + self.background          # (B, 84, 84), 0..1 (unclamped)
+        h = self.fc(z[:, NC:]).view(-1, self.gw, 11, 11)                        # (B, gw, 11, 11)
+        return self.background + self.decoder(h).squeeze(1) + self.render(z[:, :NC])   # (B, 84, 84), 0..1 unclamped
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(frames))
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, 84, 84) -> reconstruction (B, 84, 84), latent (B, D)."""
+        z = self.encode(frames)
+        return self.decode(z), z
 
 
 class Predictor(nn.Module):
@@ -389,7 +474,7 @@ class WorldModel(nn.Module):
         super().__init__()
         self.cfg, self.num_actions, self.game = cfg, num_actions, game
         m = cfg.model
-        self.ae = Autoencoder(m.latent_dim, m.width)
+        self.ae = Autoencoder(m.latent_dim, m.width, m.global_width, m.gain)
         self.predictor = Predictor(m.latent_dim, m.context, num_actions, m.hidden, m.action_conditioned)
 
     @property
@@ -407,7 +492,7 @@ class WorldModel(nn.Module):
         self.eval()
         out = np.empty((len(x), 84, 84), np.uint8)  # filled in place: no float copy of the whole set
         for i in range(0, len(x), batch_size):
-            out[i:i + batch_size] = to_uint8(self.ae(x[i:i + batch_size].to(self.device)))
+            out[i:i + batch_size] = to_uint8(self.ae(x[i:i + batch_size].to(self.device))[0])
         return out
 
     def _check_actions(self, actions, name: str, n: int | None = None) -> torch.Tensor:
@@ -523,19 +608,22 @@ def step_rng(cfg: Config, phase: str, step: int) -> np.random.Generator:
 
 
 class FrameBatches(torch.utils.data.Dataset):
-    """Autoencoder batches by step number: item t is the uint8 (B, 84, 84) batch of step t.
+    """Autoencoder batches by step number: item t is step t's uint8 (B, 84, 84) frames and their
+    object_labels (B, 7), found by the probe once for the whole training set.
 
     Frames stay uint8 (and on disk, for recorded datasets) until the model's first line;
-    sorted indices make a gather from disk read the files in order. Pong frames whose ball moves
-    toward the opponent (a returned ball: 6-15 % of random play, failing 5-14x as often as other
-    frames) are drawn 1 + ae.returned_ball_weight times as often as the rest.
+    sorted indices make a gather from disk read the files in order. Frames whose ball moves toward
+    the opponent (a returned ball: rare in random play) can be drawn 1 + ae.returned_ball_weight
+    times as often as the rest.
     """
 
-    def __init__(self, cfg: Config, data: FrameData):
+    def __init__(self, cfg: Config, data: FrameData, probed: dict[str, np.ndarray] | None = None):
         self.cfg, self.data = cfg, data
+        probed = probe(data.frames) if probed is None else probed
+        self.labels = torch.from_numpy(object_labels(probed))                  # (N, 7)
         self.p = None                                          # sampling probabilities (None: uniform)
-        if cfg.ae.returned_ball_weight > 0 and data.game == "Pong":
-            w = 1 + cfg.ae.returned_ball_weight * returned_ball(data.frames, data.episode)
+        if cfg.ae.returned_ball_weight > 0:
+            w = 1 + cfg.ae.returned_ball_weight * returned_ball(probed, data.episode)
             self.p = w / w.sum()
 
     def __len__(self) -> int:
@@ -546,15 +634,15 @@ class FrameBatches(torch.utils.data.Dataset):
         rng, n, b = step_rng(self.cfg, "ae", step), len(self.data), self.cfg.ae.batch_size
         return np.sort(rng.integers(n, size=b) if self.p is None else rng.choice(n, size=b, p=self.p))
 
-    def __getitem__(self, step: int) -> torch.Tensor:
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices(step)
-        return torch.from_numpy(np.ascontiguousarray(self.data.frames[idx]))   # (B, 84, 84) uint8
+        return torch.from_numpy(np.ascontiguousarray(self.data.frames[idx])), self.labels[idx]   # (B, 84, 84), (B, 7)
 
 
-def frame_loader(cfg: Config, data: FrameData, first_step: int) -> torch.utils.data.DataLoader:
+def frame_loader(cfg: Config, data: FrameData, first_step: int, probed: dict | None = None) -> torch.utils.data.DataLoader:
     d = cfg.data
     extra = dict(prefetch_factor=d.prefetch_factor, persistent_workers=d.persistent_workers) if d.num_workers else {}
-    return torch.utils.data.DataLoader(FrameBatches(cfg, data), batch_size=None, sampler=range(first_step, cfg.ae.steps + 1),
+    return torch.utils.data.DataLoader(FrameBatches(cfg, data, probed), batch_size=None, sampler=range(first_step, cfg.ae.steps + 1),
                                        num_workers=d.num_workers, pin_memory=d.pin_memory, **extra)
 
 
@@ -594,7 +682,8 @@ def make_optimizer(cfg: Config, phase: str, params) -> tuple[torch.optim.Optimiz
         def factor(i: int) -> float:  # linear warm-up, then cosine to zero (or flat)
             if pc.schedule == "constant":
                 return 1.0
-            return (i + 1) / warm if i < warm else 0.5 * (1 + np.cos(np.pi * (i - warm) / max(1, steps - warm)))
+            # a Python float: a numpy scalar in the scheduler's state makes the checkpoint unloadable (weights_only)
+            return (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return opt, sched
 
@@ -643,17 +732,14 @@ def max_pool3(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 
 
-def ae_loss(ae: nn.Module, frames: torch.Tensor, c: AEConfig, background: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, dict]:
-    """Object-weighted error: plain MSE on a grey Pong screen ignores the 2-pixel ball.
+def pixel_loss(recon: torch.Tensor, target: torch.Tensor, bg: torch.Tensor, c: AEConfig) -> torch.Tensor:
+    """Object-weighted error of reconstructions (B, 84, 84) of target frames (B, 84, 84), both 0..1:
+    plain MSE on a grey Pong screen ignores the 2-pixel ball.
 
-    Pixels where the target or the reconstruction leaves the background weigh 1 + fg_weight, and
+    Pixels where the target or the reconstruction leaves the background `bg` weigh 1 + fg_weight, and
     bright ones (the ball) bright_weight more: missing an object and drawing a ghost both cost.
-    `ae` may be a compiled module; `background` is then the plain module's buffer.
     """
-    target = frames.float() / 255                                            # (B, 84, 84)
-    recon = ae(frames).float()
-    r, bg = recon.detach(), (ae.background if background is None else background)
+    r = recon.detach()
     fg = ((target - bg).abs() > c.fg_threshold) | ((r - bg).abs() > c.fg_threshold)
     bright = fg & ((target > c.bright_threshold) | (r > c.bright_threshold))
     w = 1 + c.fg_weight * fg.float() + c.bright_weight * bright.float()
@@ -672,7 +758,33 @@ def ae_loss(ae: nn.Module, frames: torch.Tensor, c: AEConfig, background: torch.
         over = F.relu(recon - (c.bright_threshold - c.margin))
         under = F.relu(target.clamp(max=c.bright_threshold + c.margin) - recon)
         loss = loss + c.margin_weight * torch.where(ball, under, over).pow(2).mean()
-    return loss, {"mse": F.mse_loss(recon.detach(), target), "recon": r}
+    return loss
+
+
+def coordinate_loss(c: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent coordinates (B, >= 7) against object_labels (B, 7): Huber in pixels on the positions (the
+    ball's only where it is present), and the binary cross-entropy of the ball's presence logit."""
+    has = labels[:, BP]
+    err = F.huber_loss(c[:, POS], labels[:, POS], reduction="none", delta=1.0)         # (B, 6)
+    mask = torch.ones_like(err)
+    mask[:, :2] = has[:, None]
+    return (err * mask).sum() / mask.sum(), F.binary_cross_entropy_with_logits(c[:, BP], has)
+
+
+def ae_loss(ae: nn.Module, frames: torch.Tensor, labels: torch.Tensor, c: AEConfig,
+            background: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The autoencoder's loss on uint8 (B, 84, 84) frames and their object_labels (B, 7): the pixel
+    loss plus the coordinate loss that pins the latent's object dims to the probe's positions
+    (unsupervised keypoints drifted 9-24 px in a 600-step study). `ae` may be a compiled module;
+    `background` is then the plain module's buffer."""
+    target = frames.float() / 255                                            # (B, 84, 84)
+    recon, z = ae(frames)
+    recon = recon.float()
+    bg = ae.background if background is None else background
+    coord, presence = coordinate_loss(z.float(), labels)
+    loss = pixel_loss(recon, target, bg, c) + c.coord_weight * coord + c.presence_weight * presence
+    return loss, {"mse": F.mse_loss(recon.detach(), target), "coord": coord.detach(), "recon": recon.detach(),
+                  "z": z.detach()}
 
 
 def _background(frames: np.ndarray, n: int = 4096) -> np.ndarray:
@@ -697,15 +809,17 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
     if resume is not None:
         first, best = _restore(resume, "ae", wm, opt, sched) + 1, resume["best"]
     val_x = torch.from_numpy(val.frames[evenly(len(val), cfg.eval.val_frames)])
+    val_labels = torch.from_numpy(object_labels(probe(val_x.numpy()))).to(dev)
+    loader = frame_loader(cfg, train, first)                                   # probes the training frames once
     history = []
 
     def validate(step: int) -> float:
         ae.eval()
         with torch.no_grad():
-            vloss, m = ae_loss(ae, val_x.to(dev), cfg.ae)
+            vloss, m = ae_loss(ae, val_x.to(dev), val_labels, cfg.ae)
         recon = to_uint8(m["recon"])                                        # what wm.reconstruct(val_x) returns
         ok = object_agreement(val_x.numpy(), recon)
-        row = {"phase": "ae", "step": step, "val_loss": vloss.item(),
+        row = {"phase": "ae", "step": step, "val_loss": vloss.item(), "recon_coord": m["coord"].item(),
                "recon_mse": pixel_mse(recon, val_x.numpy()),
                **{f"recon_{k}": float(v.mean()) for k, v in ok.items()}}
         history.append(row)
@@ -717,15 +831,15 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
 
     if first == 1:
         best = validate(0)
-    bar = tqdm(frame_loader(cfg, train, first), desc="autoencoder", disable=not progress, mininterval=1.0,
+    bar = tqdm(loader, desc="autoencoder", disable=not progress, mininterval=1.0,
                initial=first - 1, total=cfg.ae.steps)
     meter = Meter()
-    for step, x in enumerate(bar, first):
+    for step, (x, labels) in enumerate(bar, first):
         ae.train()
         with prec.autocast():
-            loss, m = ae_loss(net, x.to(dev, non_blocking=True), cfg.ae, ae.background)
+            loss, m = ae_loss(net, x.to(dev, non_blocking=True), labels.to(dev), cfg.ae, ae.background)
         prec.step(loss, opt, sched, cfg.ae.grad_clip)
-        meter.add(len(x), loss=loss.detach(), mse=m["mse"])
+        meter.add(len(x), loss=loss.detach(), mse=m["mse"], coord=m["coord"])
         best = end_of_step(cfg, "ae", step, meter, sched, bar, run, validate, wm, opt, best)
     return wm.eval(), history
 
@@ -736,7 +850,7 @@ def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> tor
     wm.eval()
     # Written into one preallocated tensor: a list of small long-lived results interleaved with the big
     # per-batch temporaries fragments the heap, and RSS grew by ~14 MB a batch (8.6 GB for 270k frames).
-    out = torch.empty(len(frames), wm.ae.fc.in_features, device=wm.device)              # (N, D)
+    out = torch.empty(len(frames), wm.cfg.model.latent_dim, device=wm.device)            # (N, D)
     for i in tqdm(range(0, len(frames), batch_size), desc="encoding", disable=len(frames) < 50_000, leave=False):
         out[i:i + batch_size] = wm.ae.encode(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(wm.device))
     return out
@@ -883,8 +997,8 @@ class Run:
                               images/  videos/  checkpoints/{last,best}.pt
     """
 
-    TRAIN_COLUMNS = ("phase", "step", "loss", "mse", "lr", "samples_per_s")
-    VAL_COLUMNS = ("phase", "step", "val_loss", "recon_mse", "recon_ball", "recon_player", "recon_opponent",
+    TRAIN_COLUMNS = ("phase", "step", "loss", "mse", "coord", "lr", "samples_per_s")
+    VAL_COLUMNS = ("phase", "step", "val_loss", "recon_mse", "recon_coord", "recon_ball", "recon_player", "recon_opponent",
                    "pred_1step", "pred_1step_mse", "pred_ball", "pred_player", "pred_opponent")
 
     def __init__(self, cfg: Config, path: Path):

@@ -129,6 +129,16 @@ def split_episodes(data: FrameData, val_fraction: float) -> tuple[FrameData, Fra
     return _rows(data, 0, cut), _rows(data, cut, len(data))
 
 
+def concat(parts: list[FrameData]) -> FrameData:
+    """In-memory recordings of one game back to back, episode ids renumbered so none is shared."""
+    offsets = np.cumsum([0] + [int(p.episode.max()) + 1 for p in parts[:-1]])
+    opt = {k: None if any(getattr(p, k) is None for p in parts) else np.concatenate([getattr(p, k) for p in parts])
+           for k in ("ram", "rewards", "terminated", "truncated")}
+    return FrameData(np.concatenate([np.asarray(p.frames) for p in parts]), np.concatenate([p.actions for p in parts]),
+                     np.concatenate([p.episode + o for p, o in zip(parts, offsets)]), game=parts[0].game,
+                     num_actions=parts[0].num_actions, **opt)
+
+
 def _rows(d: FrameData, a: int, b: int) -> FrameData:
     frames = d.frames.sub(a, b) if isinstance(d.frames, DiskFrames) else d.frames[a:b]
     opt = {k: None if getattr(d, k) is None else getattr(d, k)[a:b] for k in ("ram", "rewards", "terminated", "truncated")}
@@ -259,7 +269,11 @@ def _buffers(n: int, actions_dtype=np.uint8) -> dict[str, np.ndarray]:
 
 
 def record(game: str = "Pong", steps: int = 5000, seed: int = 0, policy: str = "random") -> FrameData:
-    """Play `steps` agent steps (frames) of `game` with `policy`, seeded, in one environment, in memory."""
+    """Play `steps` agent steps (frames) of `game` with `policy`, seeded, in one environment, in memory.
+    A mix such as 'random+tracker' plays an equal share of the steps with each policy, same seed."""
+    if "+" in policy:
+        names = policy.split("+")
+        return concat([record(game, steps // len(names) + (i < steps % len(names)), seed, p) for i, p in enumerate(names)])
     stream = _Stream(game, seed, policy)
     buf = _buffers(steps, np.int64)
     stream.fill(buf, 0, steps)

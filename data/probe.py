@@ -124,10 +124,9 @@ def paddle_intact(p: dict[str, np.ndarray], name: str) -> np.ndarray:
     return p[name] & (rows <= PADDLE_ROWS[1]) & ((rows >= PADDLE_ROWS[0]) | at_wall)
 
 
-def returned_ball(frames: np.ndarray, episode: np.ndarray) -> np.ndarray:
+def returned_ball(pr: dict[str, np.ndarray], episode: np.ndarray) -> np.ndarray:
     """bool (N,): the frame's ball moved toward the opponent (left, >= BALL_MOVES_PX) since the
-    previous frame of its episode: a ball the player returned. uint8 (N, 84, 84), int (N,)."""
-    pr = probe(frames)
+    previous frame of its episode: a ball the player returned. pr: probe() of N consecutive frames."""
     same = np.r_[False, episode[1:] == episode[:-1]]
     return pr["ball"] & np.r_[False, pr["ball"][:-1]] & same & (np.r_[0.0, np.diff(pr["ball_x"])] < -BALL_MOVES_PX)
 

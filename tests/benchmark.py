@@ -26,8 +26,9 @@ def ae_step_gflop(cfg) -> float:
     import world_model as W
     wm = W.WorldModel(cfg, 6)
     x = torch.randint(0, 255, (cfg.ae.batch_size, 84, 84), dtype=torch.uint8)
+    labels = torch.full((cfg.ae.batch_size, 7), 40.0)
     with FlopCounterMode(display=False) as fc:
-        W.ae_loss(wm.ae, x, cfg.ae)[0].backward()
+        W.ae_loss(wm.ae, x, labels, cfg.ae)[0].backward()
     return fc.get_total_flops() / 1e9
 
 

@@ -208,7 +208,10 @@ def test_constant_velocity_tracks_a_straight_ball_exactly_and_bounces_off_the_wa
     # Down at 4 px a step from row 66.5: 70.5, 74.5, then mirrored at the bottom wall (76): 73.5, 69.5.
     bounce = constant_velocity(_ball_frames([(30, 62.5), (32, 66.5)])[None], 4)
     assert np.allclose(bounce["ball_y"][0], [70.5, 74.5, 73.5, 69.5]) and bounce["ball"].all()
-    # No ball in a context frame: no velocity, no prediction; a ball leaving the screen is gone.
-    gone = constant_velocity(np.stack([_ball_frames([(30, 40.5), (31, 40.5)]), np.full((2, 84, 84), 87, np.uint8)]), 3)
-    assert gone["ball"][0].all() and not gone["ball"][1].any()
+    # No ball in the last context frame: none predicted; a ball just served (none before it) stays put.
+    grey = np.full((2, 84, 84), 87, np.uint8)
+    served = _ball_frames([(30, 40.5)])
+    cv = constant_velocity(np.stack([grey, np.concatenate([grey[:1], served])]), 3)
+    assert not cv["ball"][0].any() and cv["ball"][1].all() and np.allclose(cv["ball_x"][1], 30)
+    # A ball leaving the screen is gone.
     assert not constant_velocity(_ball_frames([(75, 40.5), (80, 40.5)])[None], 2)["ball"][0, 1]

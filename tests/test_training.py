@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import world_model as W
+from data.probe import probe
 from conftest import ROOT
 
 # Small and quick, with a validation (and so a checkpoint) every 10 steps.
@@ -90,8 +91,9 @@ def test_huber_loss_trains(tiny_cfg, train_data, val_data):
     assert ae_hist[-1]["val_loss"] < 0.5 * ae_hist[0]["val_loss"]
     assert pred_hist[-1]["val_loss"] < pred_hist[0]["val_loss"]
     x = torch.from_numpy(train_data.frames[:32])
-    mse, _ = W.ae_loss(wm.ae, x, tiny_cfg.ae)
-    hub, _ = W.ae_loss(wm.ae, x, cfg.ae)
+    labels = torch.from_numpy(W.object_labels(probe(train_data.frames[:32])))
+    mse, _ = W.ae_loss(wm.ae, x, labels, tiny_cfg.ae)
+    hub, _ = W.ae_loss(wm.ae, x, labels, cfg.ae)
     assert hub < mse                                                    # Huber is below squared error above delta
 
 
@@ -129,9 +131,9 @@ def test_dataloader_workers_draw_the_same_batches(tiny_cfg, train_data, val_data
 def test_returned_balls_are_found_and_drawn_more_often(tiny_cfg):
     """Frames whose ball moves toward the opponent (rare in random play) weigh 1 + returned_ball_weight."""
     from data.d4rl_frames import record
-    from data.probe import RAM, returned_ball
+    from data.probe import RAM, probe, returned_ball
     data = record("Pong", 600, seed=5, policy="tracker")          # the tracker returns the ball
-    left = returned_ball(data.frames, data.episode)
+    left = returned_ball(probe(data.frames), data.episode)
     # Against the emulator: the RAM's ball x falls between the two frames (same episode, ball shown).
     x = data.ram[:, RAM["ball_x"]].astype(int)
     ram_left = np.r_[False, (np.diff(x) < 0) & (data.episode[1:] == data.episode[:-1])]
@@ -142,7 +144,9 @@ def test_returned_balls_are_found_and_drawn_more_often(tiny_cfg):
         cfg = W.make_config([f"ae.returned_ball_weight={k}", "ae.steps=200", "ae.batch_size=64"], base=tiny_cfg)
         batches = W.FrameBatches(cfg, data)
         idx = np.concatenate([batches.indices(t) for t in range(1, 201)])
-        assert np.array_equal(batches[7].numpy(), data.frames[batches.indices(7)])
+        frames, labels = batches[7]
+        assert np.array_equal(frames.numpy(), data.frames[batches.indices(7)])
+        assert np.array_equal(labels.numpy(), W.object_labels(probe(frames.numpy())))   # each frame's own labels
         share[k] = left[idx].mean()
     q = left.mean()
     assert share[0.0] == pytest.approx(q, abs=0.03)
