@@ -218,7 +218,7 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     wm.reconstruct and rollout_batch with H = 1, without encoding each frame K + 1 times.
     """
     wm.eval()
-    K, p = wm.context, wm.predictor
+    K = wm.context
     frames = data.frames[np.arange(len(data))]                                 # (N, 84, 84)
     z = encode_all(wm, frames, batch)                                          # (N, D)
     recon = np.empty_like(frames)
@@ -230,10 +230,9 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     if len(s) == 0:
         return rec, {"windows": 0}
     s = s[evenly(len(s), max_windows)]
-    zn = p.normalize(z)
     acts = torch.from_numpy(np.asarray(data.actions, np.int64)).to(wm.device)
     idx = torch.from_numpy(s[:, None] + np.arange(K))                          # (W, K)
-    pred = np.concatenate([to_uint8(wm.ae.decode(p.denormalize(p(zn[j], acts[j])))) for j in idx.split(batch)])
+    pred = np.concatenate([to_uint8(wm.dream_step(wm.start(z[j]), acts[j])[1]) for j in idx.split(batch)])
     real = frames[s + K]
     ok = object_agreement(real, pred)
     one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(frames[s + K - 1], real)

@@ -27,7 +27,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from data import MissingInput, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import BALL_THRESHOLD, PADDLE_COLS, PLAYFIELD, object_agreement, probe, returned_ball
+from data.probe import (BALL_THRESHOLD, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
+                        returned_ball)
 
 CHECKPOINT_FORMAT = 3   # 3: the latent holds object coordinates
 
@@ -70,9 +71,10 @@ class ModelConfig:
     width: int = 48               # channels of the encoder's 21x21 and 11x11 feature maps (multiple of 8)
     global_width: int = 16        # channels of the global code's decoder (multiple of 8)
     gain: float = 10.0            # initial gain of the encoder's spatial softmax (learned)
-    context: int = 4              # K: latents the predictor sees (1 allowed)
+    context: int = 4              # K: latents the predictor sees (>= 2: it reads velocities)
     action_conditioned: bool = True  # False: pure dynamics, the action is not an input
-    hidden: int = 512             # predictor MLP width
+    hidden: int = 256             # predictor MLP width
+    global_proj: int = 16         # the predictor reads the global code through a projection this wide
 
 
 @dataclass
@@ -98,15 +100,21 @@ class AEConfig:
 
 @dataclass
 class PredConfig:
-    steps: int = 500              # optimizer steps of the predictor loop
-    batch_size: int = 64          # windows per step (64 dreamed as well as 128 on dev play, in half the time)
-    lr: float = 1e-3              # peak learning rate (optim.lr, when set, replaces it)
-    schedule: str = "one_cycle"   # learning-rate schedule: one_cycle | cosine | constant
-    loss: str = "mse"             # latent error: mse | huber
-    huber_delta: float = 1.0      # huber: quadratic below this error (latents are normalised to unit std)
-    unroll: int = 4               # open-loop steps per training window (1 = teacher forcing)
+    steps: int = 1500             # optimizer steps of the predictor loop
+    batch_size: int = 128         # windows per step
+    lr: float = 2e-3              # peak learning rate (optim.lr, when set, replaces it)
+    schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
+    loss: str = "mse"             # the global code's error: mse | huber (coordinates: Huber, 1 px)
+    huber_delta: float = 1.0      # huber: quadratic below this error (the global code is normalised to unit std)
+    unroll: int = 8               # open-loop steps per training window (1 = teacher forcing)
     grad_clip: float = 1.0        # max gradient norm
-    unknown_past_prob: float = 0.25  # share of windows trained without the actions before the last context frame
+    unknown_past_prob: float = 0.0   # share of windows trained without the actions before the last context frame
+                                  # (0: dreams are given them; 0.25 cost the paddle its obedience at the walls)
+    ball_weight: float = 3.0      # weight of the ball's x, y against the paddles' edges in the coordinate loss
+    ball_delta: float = 0.1       # Huber delta of the ball's x, y (pixels; the paddles': 1)
+    global_weight: float = 0.1    # weight of the global code's error
+    noise_px: float = 0.1         # Gaussian noise on the context's coordinates (pixels): learn to recover
+    noise_global: float = 0.05    # Gaussian noise on the context's normalised global code
 
 
 @dataclass
@@ -195,6 +203,8 @@ class Config:
         d, t = self.data, self.train
         if d.source == "ale" and d.val_seed == d.seed:
             raise UsageError("data.val_seed must differ from data.seed: held-out episodes are never training episodes")
+        if self.model.context < 2:
+            raise UsageError(f"model.context must be >= 2 (the predictor reads velocities), got {self.model.context}")
         for name, v in [("model.context", self.model.context), ("ae.steps", self.ae.steps), ("pred.steps", self.pred.steps),
                         ("pred.unroll", self.pred.unroll), ("data.train_steps", d.train_steps),
                         ("data.val_steps", d.val_steps), ("ae.batch_size", self.ae.batch_size),
@@ -208,6 +218,9 @@ class Config:
                   "coord_weight", "presence_weight"):
             if getattr(self.ae, k) < 0:
                 raise UsageError(f"ae.{k} must be >= 0, got {getattr(self.ae, k)}")
+        for k in ("ball_weight", "ball_delta", "global_weight", "noise_px", "noise_global", "unknown_past_prob"):
+            if getattr(self.pred, k) < 0 or (k == "ball_delta" and self.pred.ball_delta == 0):
+                raise UsageError(f"pred.{k} must be {'> 0' if k == 'ball_delta' else '>= 0'}, got {getattr(self.pred, k)}")
         for k in ("width", "global_width"):
             if getattr(self.model, k) % 8 or getattr(self.model, k) < 8:
                 raise UsageError(f"model.{k} must be a positive multiple of 8 (GroupNorm uses 8 groups), "
@@ -345,7 +358,8 @@ class Autoencoder(nn.Module):
     ball's presence is the max of a logit map; a strided convolution and a linear layer give the
     global code. Decoder: the objects are drawn where their coordinates say (the ball an
     anti-aliased box, each paddle a learned column profile between its edges), over the static
-    background plus what the global code decodes to. A ball at a position never seen is still a
+    background (the median training frame) plus what the global code decodes to in the score band:
+    the rest of a Pong screen never changes, so the global code cannot paint noise there. A ball at a position never seen is still a
     ball, and motion in the latent is arithmetic on coordinates.
     """
 
@@ -368,6 +382,9 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(
             nn.GroupNorm(8, self.gw), nn.GELU(), nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1),   # (B, gw, 21, 21)
             nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 84, 84)
+        band = torch.zeros(84, 84)
+        band[:PLAYFIELD[0] - 1] = 1.0        # the score band, above the top wall: all that changes but the objects
+        self.register_buffer("band", band)
         self.ball_amp = nn.Parameter(torch.tensor(0.58))                 # the ball's brightness over the background
         self.ball_half = nn.Parameter(torch.tensor([0.8, 1.0]))          # its half width and half height, pixels
         self.paddle_cols = nn.Parameter(torch.tensor([[0.12, 0.23, 0.14], [0.14, 0.24, 0.12]]))  # player, opponent
@@ -404,7 +421,7 @@ class Autoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z[:, NC:]).view(-1, self.gw, 11, 11)                        # (B, gw, 11, 11)
-        return self.background + self.decoder(h).squeeze(1) + self.render(z[:, :NC])   # (B, 84, 84), 0..1 unclamped
+        return self.background + self.band * self.decoder(h).squeeze(1) + self.render(z[:, :NC])   # (B, 84, 84)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, 84, 84) -> reconstruction (B, 84, 84), latent (B, D)."""
@@ -413,35 +430,121 @@ class Autoencoder(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Next latent from the last K latents and the actions taken at each of them.
+    """Next latent from the last K latents, the actions taken at them and a serve input u.
+
+    Inputs: the K frames' object coordinates (normalised; an absent ball at the field's centre) and
+    ball presence, their differences from frame to frame (velocities; the ball's only where both
+    frames show it), one-hot actions (-1, unknown: zeros), a projection of the last global code, and
+    u (4): while the ball is out, where and in how many frames it will be served; on the step after
+    it appears, its velocity. Training takes u from the recording; a dream draws it from the serves
+    seen in training (Pong serves from the centre at a random angle: an average would be a frozen
+    ball). Outputs, each as a residual whose last layer starts at zero: the ball moves on at its
+    velocity (the window's mean step when all agree in sign: less encoder noise), mirrored at the
+    walls (the mean step, only while the ball is in midfield), plus a residual (in 4-px units); each paddle's centre is the last one plus a residual, its
+    height 7 rows plus a residual (absolute, so it cannot drift); presence is a logit; the global
+    code the last one plus a residual; a dream draws the nearest of 512 codes of training frames
+    (the score band it shows stays a real one).
 
     Past actions matter: in Pong the paddle's move into frame t+1 follows the action at t-1 more
-    than the one at t (measured correlation 0.67 vs 0.54). An unknown action (-1: a dream started
-    without the actions taken at its context frames) is a zero vector.
+    than the one at t (measured correlation 0.67 vs 0.54).
     """
 
-    def __init__(self, latent_dim: int, context: int, num_actions: int, hidden: int, action_conditioned: bool):
+    SCALE = 20.0      # pixels per normalised coordinate unit
+    BALL_RES = 4.0    # pixels per unit of the ball's residual: it is a correction, the base does the moving
+
+    def __init__(self, latent_dim: int, context: int, num_actions: int, hidden: int, action_conditioned: bool,
+                 global_proj: int = 16):
         super().__init__()
-        self.context, self.num_actions, self.action_conditioned = context, num_actions, action_conditioned
-        self.register_buffer("mean", torch.zeros(latent_dim))  # latent statistics of the training frames
-        self.register_buffer("std", torch.ones(latent_dim))
-        n_in = latent_dim * context + (num_actions * context if action_conditioned else 0)
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, latent_dim))
+        K, A, G = context, num_actions, latent_dim - NC
+        self.context, self.num_actions, self.action_conditioned = K, A, action_conditioned
+        self.register_buffer("gmean", torch.zeros(G))   # global-code statistics of the training frames
+        self.register_buffer("gstd", torch.ones(G))
+        self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0]]))  # (S, 4) y0, vx/2, vy/2, gap seen
+        self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
+        self.gp = nn.Linear(G, global_proj)
+        n_in = K * NC + (K - 1) * 6 + (K * A if action_conditioned else 0) + global_proj + 4
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.out = nn.Linear(hidden, NC + G)
+        nn.init.zeros_(self.out.weight)   # starts as 'constant velocity, nothing else moves'
+        nn.init.zeros_(self.out.bias)
 
-    def forward(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """z (B, K, D) normalised latents, actions (B, K) int (-1 unknown) -> (B, D) normalised next latent."""
-        x = z.flatten(1)                                                     # (B, K*D)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("serves", "codes"):   # their lengths depend on the training data
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.gmean.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """c (B, K, 7) coordinates (pixels, presence 0/1), g (B, G) normalised global code of the last
+        frame, actions (B, K) int (-1 unknown), u (B, 4) -> next coordinates (B, 7) with the presence
+        as a logit, next normalised global code (B, G)."""
+        pres = c[:, :, BP]                                                     # (B, K) 0/1
+        centre = c.new_tensor([CENTRE[0], *[CENTRE[1]] * 5])                   # (6,)
+        pos = c[:, :, POS]                                                     # (B, K, 6)
+        pos = torch.cat([torch.where(pres[..., None] > 0.5, pos[..., :2], centre[:2]), pos[..., 2:]], -1)
+        posn = (pos - centre) / self.SCALE
+        both = (pres[:, 1:] * pres[:, :-1])[..., None]                         # (B, K - 1, 1)
+        vel = posn[:, 1:] - posn[:, :-1]                                       # (B, K - 1, 6)
+        vel = torch.cat([vel[..., :2] * both, vel[..., 2:]], -1)
+        parts = [posn.flatten(1), pres, vel.flatten(1)]
         if self.action_conditioned:
-            a = F.one_hot(actions.long() + 1, self.num_actions + 1)[..., 1:]  # (B, K, A); -1 -> zeros
-            x = torch.cat([x, a.flatten(1).float()], 1)                       # (B, K*D + K*A)
-        return z[:, -1] + self.net(x)  # predict the change: most of a Pong frame stays put
+            parts.append(F.one_hot(actions.long() + 1, self.num_actions + 1)[..., 1:].flatten(1).float())  # (B, K*A)
+        r = self.out(self.net(torch.cat([*parts, self.gp(g), u], 1)))        # (B, 7 + G)
+        # The ball: constant velocity, mirrored at the walls, plus a residual.
+        step = pos[:, 1:, :2] - pos[:, :-1, :2]                                # (B, K - 1, 2)
+        v = step[:, -1] * both[:, -1]
+        straight = ((step * step[:, -1:]) > 0).all(1) & (both.squeeze(-1) > 0.5).all(1, keepdim=True)
+        midfield = (pos[:, -1, :1] > 14) & (pos[:, -1, :1] < 68)              # away from the paddles, where it may turn
+        v = torch.where(straight & midfield, step.mean(1), v)
+        x, y = (pos[:, -1, :2] + v).unbind(1)
+        lo, hi = BALL_Y_RANGE
+        y = torch.where(y < lo, 2 * lo - y, torch.where(y > hi, 2 * hi - y, y))
+        ball = torch.where(pres[:, -1:] > 0.5, torch.stack([x, y], 1), centre[:2]) + self.BALL_RES * r[:, [BX, BY]]
+        paddles = []
+        for t, b in ((PT, PB), (OT, OB)):
+            mid = (c[:, -1, t] + c[:, -1, b]) / 2 + self.SCALE * r[:, t]
+            half = (7.0 + self.SCALE * r[:, b]) / 2
+            paddles += [mid - half, mid + half]
+        nxt = torch.stack([ball[:, 0], ball[:, 1], 10 * r[:, BP], *paddles], 1)   # (B, 7)
+        return nxt, g + r[:, NC:]
 
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
 
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+def onto_field(c: torch.Tensor) -> torch.Tensor:
+    """Dreams only: predicted coordinates (B, 7) moved onto what a real frame can show. Centres stay in
+    the field; a paddle is 6-13 rows, or shorter where a wall cuts it, or hidden above the top wall
+    (a short one away from the walls becomes 7 rows about its centre; within 3.5 rows of a wall it
+    reaches the wall; one with no rows left hides above the top wall, or in the bottom half stays a
+    2-row stub at the bottom wall); the ball stays between the walls."""
+    lo, hi = FIELD
+    out = [c[:, BX].clamp(-2, 86), c[:, BY].clamp(lo, hi), c[:, BP]]
+    for t, b in ((PT, PB), (OT, OB)):
+        mid, h = ((c[:, t] + c[:, b]) / 2).clamp(lo, hi), (c[:, b] - c[:, t]).clamp(0, PADDLE_ROWS[1])
+        top, bot = (mid - h / 2).clamp(lo, hi), (mid + h / 2).clamp(lo, hi)
+        short = (bot - top < PADDLE_ROWS[0]) & (top > lo + 0.5) & (bot < hi - 0.5)
+        near_top, near_bot = mid - 3.5 <= lo, mid + 3.5 >= hi
+        top = torch.where(short & near_top, torch.full_like(top, lo),
+                          torch.where(short & ~near_bot, (mid - 3.5).clamp(lo, hi), top))
+        bot = torch.where(short & near_bot, torch.full_like(bot, hi),
+                          torch.where(short & ~near_top, (mid + 3.5).clamp(lo, hi), bot))
+        # No rows left: hidden above the top wall (as real paddles hide) in the top half, else a 2-row stub
+        # at the bottom wall (a real paddle never hides there).
+        gone, up = bot - top < 0.5, mid < (lo + hi) / 2
+        top = torch.where(gone, torch.where(up, torch.full_like(top, lo), torch.full_like(top, hi - 2)), top)
+        bot = torch.where(gone, torch.where(up, torch.full_like(bot, lo), torch.full_like(bot, hi)), bot)
+        out += [top, bot]
+    return torch.stack(out, 1)
+
+
+@dataclass
+class Dream:
+    """What a dream carries from step to step: the window of K latents as the predictor reads them,
+    the coming serve (drawn from those seen in training) and the frames left until it."""
+    c: torch.Tensor        # (B, K, 7) coordinates, ball presence 0/1
+    g: torch.Tensor        # (B, G) normalised global code of the last frame
+    serve: torch.Tensor    # (B, 4) y0 (normalised), vx / 2, vy / 2, gap (frames without a ball before it)
+    wait: torch.Tensor     # (B,) frames until that serve while the ball is out
+    gen: torch.Generator   # draws the serves: a dream is reproducible from its seed
 
 
 def _check_frames(x, name: str, n: int | None = None) -> torch.Tensor:
@@ -475,7 +578,7 @@ class WorldModel(nn.Module):
         self.cfg, self.num_actions, self.game = cfg, num_actions, game
         m = cfg.model
         self.ae = Autoencoder(m.latent_dim, m.width, m.global_width, m.gain)
-        self.predictor = Predictor(m.latent_dim, m.context, num_actions, m.hidden, m.action_conditioned)
+        self.predictor = Predictor(m.latent_dim, m.context, num_actions, m.hidden, m.action_conditioned, m.global_proj)
 
     @property
     def context(self) -> int:
@@ -520,32 +623,67 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def rollout_batch(self, context: torch.Tensor, actions: torch.Tensor,
-                      context_actions: torch.Tensor | None = None) -> torch.Tensor:
-        """Many dreams: uint8 (B, K, 84, 84), int (B, H), optional int (B, K - 1) -> float (B, H, 84, 84) in 0..1."""
+                      context_actions: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+        """Many dreams: uint8 (B, K, 84, 84), int (B, H), optional int (B, K - 1) -> float (B, H, 84, 84) in 0..1.
+        `seed` draws the serves (the only randomness of a dream)."""
         self.eval()
         B, K = context.shape[:2]
-        dev = self.device
         if context_actions is None:
             context_actions = torch.full((B, K - 1), -1, dtype=torch.long)    # unknown
-        history = torch.cat([context_actions.long(), actions.long()], 1).to(dev)  # (B, K - 1 + H)
-        z = self.encode_context(context)                                      # (B, K, D)
+        history = torch.cat([context_actions.long(), actions.long()], 1).to(self.device)  # (B, K - 1 + H)
+        d = self.encode_context(context, seed)
         out = []
         for i in range(actions.shape[1]):
-            z, frame = self.dream_step(z, history[:, i:i + K])
+            d, frame = self.dream_step(d, history[:, i:i + K])
             out.append(frame)                                                  # (B, 84, 84)
         return torch.stack(out, 1) if out else torch.zeros(B, 0, 84, 84)
 
-    def encode_context(self, context: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, K, 84, 84) -> the predictor's normalised latent window (B, K, D)."""
+    def encode_context(self, context: torch.Tensor, seed: int = 0) -> Dream:
+        """uint8 (B, K, 84, 84) -> a dream starting from these frames."""
         B, K = context.shape[:2]
-        return self.predictor.normalize(self.ae.encode(context.flatten(0, 1).to(self.device)).view(B, K, -1))
+        return self.start(self.ae.encode(context.flatten(0, 1).to(self.device)).view(B, K, -1), seed)
 
-    def dream_step(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One open-loop step: window (B, K, D) and the actions at its K frames (B, K) -> the window
-        slid by the predicted latent, and the decoded frame float (B, 84, 84) in 0..1 (unclamped)."""
+    def start(self, z: torch.Tensor, seed: int = 0) -> Dream:
+        """Latent windows (B, K, D) -> a dream from them: hard ball presence, the coming serve drawn,
+        and, if the ball is out, the frames until it (from how long the window has shown no ball)."""
+        p, (B, K) = self.predictor, z.shape[:2]
+        c = z[:, :, :NC].clone()
+        c[:, :, BP] = (c[:, :, BP] > 0).float()
+        gen = torch.Generator().manual_seed(seed)
+        serve = self._serves(B, gen)
+        out = torch.cumprod((c[:, :, BP] < 0.5).flip(1).long(), 1).sum(1).float().cpu()   # (B,) trailing frames without ball
+        unknown = (torch.rand(B, generator=gen) * (serve[:, 3] - K).clamp(min=1)).floor() + 1
+        wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
+        return Dream(c, (z[:, -1, NC:] - p.gmean) / p.gstd, serve.to(z.device), wait.to(z.device), gen)
+
+    def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        s = self.predictor.serves
+        return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 4)
+
+    def dream_step(self, d: Dream, actions: torch.Tensor) -> tuple[Dream, torch.Tensor]:
+        """One open-loop step: a dream and the actions at its window's K frames (B, K) -> the dream one
+        frame on, and that frame, float (B, 84, 84) in 0..1 (unclamped). While the ball is out, the
+        predictor is told where and when the drawn serve comes; when it goes out, another is drawn."""
         p = self.predictor
-        nxt = p(z, actions)                                                    # (B, D) normalised
-        return torch.cat([z[:, 1:], nxt[:, None]], 1), self.ae.decode(p.denormalize(nxt))
+        pres = d.c[:, :, BP]
+        out = pres[:, -1] < 0.5
+        just = (pres[:, -1] > 0.5) & (pres[:, -2] < 0.5)                       # served one frame ago
+        zero = torch.zeros_like(d.wait)
+        u = torch.stack([torch.where(out, d.serve[:, 0], zero), torch.where(just, d.serve[:, 1], zero),
+                         torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
+        nxt, g = p(d.c, d.g, actions, u)
+        nxt = onto_field(nxt)
+        on = (nxt[:, BP] > 0) & (nxt[:, BX] >= 0) & (nxt[:, BX] <= 84)         # past the paddles' edge: out of play
+        gone = (~on & ~out).cpu()
+        serve = d.serve.clone()
+        if gone.any():
+            serve[gone.to(serve.device)] = self._serves(int(gone.sum()), d.gen).to(serve.device)
+        wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
+        nxt = torch.cat([nxt[:, :BP], on[:, None].float(), nxt[:, BP + 1:]], 1)
+        drawn = p.codes[torch.cdist(g, p.codes).argmin(1)]     # a score band seen in training: errors cannot pile up
+        frame = self.ae.decode(torch.cat([nxt[:, :BP], (16 * on[:, None].float() - 8), nxt[:, BP + 1:],
+                                          drawn * p.gstd + p.gmean], 1))
+        return Dream(torch.cat([d.c[:, 1:], nxt[:, None]], 1), g, serve, wait, d.gen), frame
 
     def save(self, path: str | Path, **extra) -> None:
         """Self-describing checkpoint, written to a temporary file and renamed (never half-written)."""
@@ -646,16 +784,49 @@ def frame_loader(cfg: Config, data: FrameData, first_step: int, probed: dict | N
                                        num_workers=d.num_workers, pin_memory=d.pin_memory, **extra)
 
 
-def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The predictor's batch of step `step`: frame indices (B, K + U) of windows inside one episode, and
-    the actions at them (B, K + U), in which, as at the start of a dream, a share pred.unknown_past_prob
-    of the windows do not know the actions before their last context frame (-1)."""
+def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """The predictor's batch of step `step`: frame indices (B, K + U) of windows inside one episode, the
+    actions at them (B, K + U), in which, as at the start of a dream, a share pred.unknown_past_prob
+    of the windows do not know the actions before their last context frame (-1), and the generator
+    of the step's context noise."""
     rng, K = step_rng(cfg, "pred", step), cfg.model.context
     w = torch.from_numpy(window_batch(starts, K + cfg.pred.unroll, cfg.pred.batch_size, rng))   # (B, K + U)
     a = actions[w]
     unknown = torch.from_numpy(rng.random((len(a), 1)) < cfg.pred.unknown_past_prob).to(a.device)
     a[:, :K - 1] = torch.where(unknown, -1, a[:, :K - 1])
-    return w, a
+    return w, a, torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+
+
+def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The predictor's serve input u (N, 4) for predicting frame t + 1 from the frames up to t, from
+    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 4).
+
+    Ball out at t: u = (y of its next appearance in this episode, normalised; 0; 0; frames until
+    it / 16). Ball served at t (none at t - 1, one at t + 1): u = (0; vx / 2; vy / 2; 0) of its first
+    step. serves: (y, vx / 2, vy / 2, frames without a ball before it) of each appearance after at
+    least 8 frames without one (a serve: a 1-frame probe miss is not).
+    """
+    n, pres = len(c), c[:, BP] > 0.5
+    u = np.zeros((n, 4), np.float32)
+    same = np.r_[episode[1:] == episode[:-1], False]                          # frame t + 1 is in t's episode
+    nxt_y, nxt_t = 0.0, -1
+    for t in range(n - 2, -1, -1):
+        if not same[t]:
+            nxt_t = -1
+            continue
+        if pres[t + 1] and not pres[t]:
+            nxt_y, nxt_t = (c[t + 1, BY] - CENTRE[1]) / Predictor.SCALE, t + 1
+        if not pres[t] and nxt_t > t:
+            u[t, 0], u[t, 3] = nxt_y, (nxt_t - t) / 16
+        if pres[t] and t > 0 and not pres[t - 1] and same[t - 1] and pres[t + 1]:
+            u[t, 1:3] = (c[t + 1, :2] - c[t, :2]) / 2
+    serves, gap = [], -n                                                      # frames without a ball before t
+    for t in range(1, n - 1):
+        gap = -n if not same[t - 1] else 0 if pres[t - 1] else gap + 1        # unknown at an episode's start
+        if pres[t] and gap >= 8 and same[t] and pres[t + 1]:
+            serves.append([(c[t, BY] - CENTRE[1]) / Predictor.SCALE, *u[t, 1:3], gap])
+    return u, np.array(serves, np.float32).reshape(-1, 4)
 
 
 def window_batch(starts: np.ndarray, length: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -856,16 +1027,45 @@ def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> tor
     return out
 
 
-def pred_loss(p: nn.Module, z: torch.Tensor, actions: torch.Tensor, unroll: int, kind: str = "mse",
-              delta: float = 1.0) -> torch.Tensor:
-    """Open-loop latent error over `unroll` steps. z (B, K + U, D) normalised, actions (B, K + U) int."""
+@torch.no_grad()
+def latent_table(wm: WorldModel, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the predictor reads of each frame's latent (N, D): coordinates (N, 7) with hard ball
+    presence (0/1), and the global code (N, G), normalised by the predictor's statistics."""
+    c = z[:, :NC].clone()
+    c[:, BP] = (c[:, BP] > 0).float()
+    p = wm.predictor
+    return c, (z[:, NC:] - p.gmean) / p.gstd
+
+
+def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor,
+              pc: PredConfig, noise: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Open-loop error over pc.unroll steps of windows: c (B, K + U, 7), g (B, K + U, G), actions
+    (B, K + U), u (B, K + U, 4). Coordinates: Huber in pixels (the ball's x, y weigh pc.ball_weight,
+    where it is present, with delta pc.ball_delta); presence: cross-entropy; global code: pc.loss. With `noise`, the context
+    is jittered first, so the predictor learns to recover from its own small errors."""
     K = p.context
-    window, loss = z[:, :K], 0.0
-    for u in range(unroll):
-        nxt = p(window, actions[:, u:u + K]).float()                        # (B, D)
-        loss = loss + point_loss(nxt, z[:, K + u], kind, delta).mean()
-        window = torch.cat([window[:, 1:], nxt[:, None]], 1)                 # feed the prediction back
-    return loss / unroll
+    ctx, gl = c[:, :K].clone(), g[:, K - 1]
+    if noise is not None:
+        ctx[:, :, POS] += pc.noise_px * torch.randn(ctx[:, :, POS].shape, generator=noise).to(ctx.device)
+        gl = gl + pc.noise_global * torch.randn(gl.shape, generator=noise).to(gl.device)
+    coord = presence = glob = 0.0
+    for s in range(pc.unroll):
+        nxt, gl = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
+        tgt = c[:, K + s]
+        err = F.huber_loss(nxt[:, POS].float(), tgt[:, POS], reduction="none", delta=1.0)   # (B, 6) pixels
+        # The ball: nearly L1 down to pc.ball_delta px (tracking needs its position exact, not just close).
+        err = torch.cat([F.huber_loss(nxt[:, :2].float(), tgt[:, :2], reduction="none", delta=pc.ball_delta)
+                         / pc.ball_delta, err[:, 2:]], 1)
+        w = torch.ones_like(err)
+        w[:, :2] = tgt[:, BP:BP + 1] * pc.ball_weight
+        coord = coord + (err * w).sum() / w.sum()
+        presence = presence + F.binary_cross_entropy_with_logits(nxt[:, BP].float(), tgt[:, BP])
+        glob = glob + point_loss(gl.float(), g[:, K + s], pc.loss, pc.huber_delta).mean()
+        fed = torch.cat([nxt[:, :BP], (nxt[:, BP:BP + 1] > 0).float(), nxt[:, BP + 1:]], 1)   # what a dream feeds back
+        ctx = torch.cat([ctx[:, 1:], fed[:, None]], 1)
+    U = pc.unroll
+    return (coord + presence + pc.global_weight * glob) / U, {"coord": coord / U, "presence": presence / U,
+                                                              "global": glob / U}
 
 
 def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
@@ -876,34 +1076,42 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
     for prm in wm.ae.parameters():
         prm.requires_grad_(False)
-    z_train, z_val = encode_all(wm, train.frames), encode_all(wm, val.frames)  # (N, D)
-    p.mean.copy_(z_train.mean(0))
-    p.std.copy_(z_train.std(0) + 1e-6)
-    z_train, z_val = p.normalize(z_train), p.normalize(z_val)
+    z = encode_all(wm, train.frames)                                                    # (N, D)
+    p.gmean.copy_(z[:, NC:].mean(0))
+    p.gstd.copy_(z[:, NC:].std(0) + 1e-3)
+    (c_train, g_train), (c_val, g_val) = latent_table(wm, z), latent_table(wm, encode_all(wm, val.frames))
+    del z
+    u_train, serves = serve_inputs(c_train.cpu().numpy(), np.asarray(train.episode))
+    u_val = serve_inputs(c_val.cpu().numpy(), np.asarray(val.episode))[0]
+    if len(serves):
+        p.serves = torch.from_numpy(serves).to(dev)
+    p.codes = g_train[torch.from_numpy(evenly(len(g_train), 512))].clone()
+    u_train, u_val = torch.from_numpy(u_train).to(dev), torch.from_numpy(u_val).to(dev)
     a_train, a_val = torch.from_numpy(np.asarray(train.actions)).to(dev), torch.from_numpy(np.asarray(val.actions)).to(dev)
     starts, vstarts = train.starts(K + U), val.starts(K + U)
     if len(starts) == 0 or len(vstarts) == 0:
         raise UsageError(f"no {'training' if len(starts) == 0 else 'held-out'} episode holds {K + U} consecutive "
                          f"frames (model.context + pred.unroll): use longer episodes or lower them")
-    vwin = torch.from_numpy(vstarts[evenly(len(vstarts), 512), None]
-                            + np.arange(K + U)[None])                                  # (V, K + U)
+    vwin = torch.from_numpy(vstarts[evenly(len(vstarts), 512), None] + np.arange(K + U)[None])   # (V, K + U)
     opt, sched = make_optimizer(cfg, "pred", p.parameters())
     prec, net = Precision(cfg, dev), (torch.compile(p) if cfg.train.compile else p)
     first, best = 1, float("inf")
     if resume is not None:
         first, best = _restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
     vs = val.starts(K + 1)
-    vone = vs[evenly(len(vs), 8)]                              # one-step picture starts
+    vone = vs[evenly(len(vs), 8)]                                                       # one-step picture starts
     vvid = val.starts(K + cfg.eval.video_frames)[:1]                                    # the video's start, if any
     history = []
 
     def validate(step: int) -> float:
         p.eval()
         with torch.no_grad():
-            v1 = pred_loss(p, z_val[vwin], a_val[vwin], 1, cfg.pred.loss, cfg.pred.huber_delta).item()
-            vu = pred_loss(p, z_val[vwin], a_val[vwin], U, cfg.pred.loss, cfg.pred.huber_delta).item()
-            w = torch.from_numpy(vone[:, None] + np.arange(K)[None])                 # (8, K)
-            nxt = to_uint8(wm.ae.decode(p.denormalize(p(z_val[w], a_val[w]))))      # teacher-forced next frames
+            one = replace(cfg.pred, unroll=1)
+            v1 = pred_loss(p, c_val[vwin], g_val[vwin], a_val[vwin], u_val[vwin], one)[0].item()
+            vu = pred_loss(p, c_val[vwin], g_val[vwin], a_val[vwin], u_val[vwin], cfg.pred)[0].item()
+            w = vone[:, None] + np.arange(K)[None]                                   # (8, K)
+            nxt = to_uint8(wm.dream_step(wm.encode_context(torch.from_numpy(val.frames[w])),
+                                         a_val[torch.from_numpy(w)])[1])             # teacher-forced next frames
         real = np.asarray(val.frames[vone + K])
         ok = object_agreement(real, nxt)
         row = {"phase": "pred", "step": step, "val_loss": vu, "pred_1step": v1,
@@ -926,11 +1134,11 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     meter = Meter()
     for step in bar:
         p.train()
-        w, a = predictor_batch(cfg, starts, a_train, step)                               # (B, K + U) each
+        w, a, noise = predictor_batch(cfg, starts, a_train, step)                       # (B, K + U) each
         with prec.autocast():
-            loss = pred_loss(net, z_train[w], a, U, cfg.pred.loss, cfg.pred.huber_delta)
+            loss, parts = pred_loss(net, c_train[w], g_train[w], a, u_train[w], cfg.pred, noise)
         prec.step(loss, opt, sched, cfg.pred.grad_clip)
-        meter.add(len(w), loss=loss.detach())
+        meter.add(len(w), loss=loss.detach(), coord=parts["coord"].detach())
         best = end_of_step(cfg, "pred", step, meter, sched, bar, run, validate, wm, opt, best)
     return wm.eval(), history
 

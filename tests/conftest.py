@@ -48,3 +48,16 @@ def execute_notebook(nb, out_dir, timeout: int = 300) -> None:
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+# Enough training for the latent's coordinates to lock on (~30 s): the dream tests need a model that learned.
+LEARNED = ("ae.steps=250", "ae.batch_size=32", "pred.steps=150", "pred.batch_size=32")
+
+
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory, train_data, val_data):
+    out = tmp_path_factory.mktemp("learned")
+    cfg = W.make_config([*W.SMALL_BUDGET, *LEARNED, f"experiment.out_dir={out}/runs"])
+    wm, _ = W.train_autoencoder(cfg, train_data, val_data, progress=False)
+    wm, _ = W.train_predictor(cfg, wm, train_data, val_data, progress=False)
+    return wm, cfg

@@ -1,0 +1,65 @@
+"""Dreams that stay Pong (issue 14): a latent that holds the objects, a dream that obeys and moves."""
+import numpy as np
+import torch
+
+import world_model as W
+from data.probe import probe
+
+
+def test_latent_coordinates_match_the_probe_on_real_frames(learned, val_data):
+    wm, _ = learned
+    z = W.encode_all(wm, val_data.frames).numpy()                       # (N, 128)
+    p = probe(val_data.frames)
+    has = p["ball"]
+    d = np.hypot(z[has, W.BX] - p["ball_x"][has], z[has, W.BY] - p["ball_y"][has])
+    assert np.median(d) < 1.0 and (d <= 1.0).mean() > 0.75               # the ball, within a pixel
+    assert ((z[:, W.BP] > 0) == has).mean() > 0.95                       # its presence
+    for name, (t, b) in (("player", (W.PT, W.PB)), ("opponent", (W.OT, W.OB))):
+        seen = p[name] & (p[name + "_rows"] >= 6)                        # a whole paddle
+        centre = (z[seen, t] + z[seen, b]) / 2
+        assert np.median(np.abs(centre - p[name + "_y"][seen])) < 1.0, name
+
+
+def test_object_labels_follow_the_probe(val_data):
+    p = probe(val_data.frames[:50])
+    lab = W.object_labels(p)
+    has = p["ball"]
+    assert np.allclose(lab[has, W.BX], p["ball_x"][has]) and (lab[:, W.BP] == has).all()
+    assert np.allclose(lab[~has, W.BX], W.CENTRE[0])                      # an absent ball sits in the middle
+    seen = p["player"]
+    assert np.allclose((lab[seen, W.PT] + lab[seen, W.PB]) / 2, p["player_y"][seen])
+    assert np.allclose(lab[seen, W.PB] - lab[seen, W.PT], p["player_rows"][seen])
+
+
+def test_the_dream_obeys_up_and_down(learned, val_data):
+    wm, _ = learned
+    K = wm.context
+    ctx, past = val_data.frames[:K], val_data.actions[:K - 1]
+    up = probe(wm.rollout(ctx, np.full(30, 2), past))["player_y"][-5:]   # RIGHT: the paddle moves up
+    down = probe(wm.rollout(ctx, np.full(30, 3), past))["player_y"][-5:]
+    assert np.nanmax(up) <= 20                                            # at the top wall
+    assert np.nanmin(down) >= np.nanmax(up) + 20                          # far below it
+
+
+def test_the_ball_moves_in_a_short_dream(learned, val_data):
+    wm, _ = learned
+    K = wm.context
+    ball = probe(val_data.frames)["ball"]
+    starts = val_data.starts(K + 20)
+    s = int(starts[ball[starts + K - 2] & ball[starts + K - 1]][0])        # the ball in play at the context's end
+    dream = wm.rollout(val_data.frames[s:s + K], val_data.actions[s + K - 1:s + K + 19], val_data.actions[s:s + K - 1])
+    p = probe(dream)
+    both = p["ball"][1:] & p["ball"][:-1]
+    step = np.hypot(np.diff(p["ball_x"]), np.diff(p["ball_y"]))[both]
+    assert both.sum() >= 5 and (step >= 0.5).mean() >= 0.8               # a ball, and it moves
+
+
+def test_dreams_are_reproducible_and_the_serve_is_drawn_from_training(learned, val_data):
+    wm, _ = learned
+    K = wm.context
+    ctx = torch.from_numpy(val_data.frames[None, :K])
+    acts = torch.zeros(1, 60, dtype=torch.long)
+    a = wm.rollout_batch(ctx, acts, seed=3)
+    assert torch.equal(a, wm.rollout_batch(ctx, acts, seed=3))
+    serves = wm.predictor.serves
+    assert serves.shape[1] == 4 and len(serves) >= 1 and (serves[:, 3] >= 8).all()   # gaps of a real serve
