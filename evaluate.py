@@ -31,7 +31,7 @@ from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
 from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, latest_checkpoint, make_config,
-                         panels, pixel_mse, save_video, to_uint8)
+                         panels, pixel_mse, save_video, strip, to_uint8)
 
 METHODS = ("model", "copy_last", "zero_action")
 SUMMARY_HORIZONS = (1, 5, 10, 25, 50, 100, 200)   # those <= the rollout's horizon go in metrics.json
@@ -195,7 +195,9 @@ def plausibility(frames: np.ndarray, same_episode: np.ndarray) -> dict[str, floa
     seen = p["ball"] & p["opponent"]
     out["opponent_follows"] = float(np.corrcoef(p["ball_y"][seen], p["opponent_y"][seen])[0, 1]) \
         if seen.sum() > 2 and np.ptp(p["ball_y"][seen]) > 0 and np.ptp(p["opponent_y"][seen]) > 0 else float("nan")
-    return out | {k + "_intact": float(paddle_intact(p, k).mean()) for k in ("player", "opponent")}
+    intact = {k: paddle_intact(p, k) for k in ("player", "opponent")}
+    return out | {k + "_intact": float(v.mean()) for k, v in intact.items()} | {
+        "paddles_intact": float((intact["player"] & intact["opponent"]).mean())}
 
 
 def reconstruction_figures(frames: np.ndarray, recon: np.ndarray) -> dict[str, float]:
@@ -279,6 +281,10 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
     # Worse than doing nothing: horizons where copying the last real frame has the lower MSE.
     worse = np.flatnonzero(curves["copy_last"]["mse"] < curves["model"]["mse"]) + 1
     ol["copy_last_beats_model_mse_at"] = [int(h) for h in worse]
+    # ... and on the objects: horizons where copying the last frame keeps an object more often.
+    ol["copy_last_beats_model_objects_at"] = {
+        k: [int(h) for h in np.flatnonzero(curves["copy_last"][f"{k}_ok"] > curves["model"][f"{k}_ok"]) + 1]
+        for k in ("ball", "player", "opponent")}
     ol["actions_change_prediction"] = bool((model != zero).any())
     return ol, curves, spent
 
@@ -373,6 +379,8 @@ def measure(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path |
                   "rollout_fps_single": single, "torch_threads": torch.get_num_threads(), "device": str(wm.device)}
     worse = m["open_loop"]["copy_last_beats_model_mse_at"]
     m["warnings"] = [f"copy-last-frame beats the model on MSE at horizons {_ranges(worse)}"] if worse else []
+    m["warnings"] += [f"copy-last-frame keeps the {k} more often than the model at horizons {_ranges(hs)}"
+                      for k, hs in m["open_loop"]["copy_last_beats_model_objects_at"].items() if hs]
     m["times_s"] = times | {"measure": time.perf_counter() - t0}
     return m, curves, dreams
 
@@ -505,7 +513,8 @@ def evaluate(cfg: Config, wm: WorldModel, val: FrameData, write_assets: bool = T
 def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData) -> None:
     """real_vs_recon.png: 8 held-out frames with a ball above their reconstructions; pong_fake.gif:
     an eval.rollout_frames open-loop dream from the first long-enough held-out window, with the
-    actions the player took there, beside the real game."""
+    actions the player took there, beside the real game; dream_strip.png: its frames t = 0, 50, 100,
+    ... and the last, real above dream."""
     frames = np.asarray(val.frames)
     has_ball = probe(frames)["ball"]
     pick = np.flatnonzero(has_ball)
@@ -517,8 +526,12 @@ def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData) -> None:
         raise UsageError(f"no held-out episode holds {K + H} frames: raise data.val_steps or lower eval.rollout_frames")
     s = int(s[0])
     dream = wm.rollout(frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
-    video = panels([frames[s + K:s + K + H], dream], ["real  t={t}", "dream"])
-    save_video(video, Path(cfg.experiment.assets_dir) / "pong_fake.gif", cfg.eval.fps, mp4=False)
+    real = frames[s + K:s + K + H]
+    save_video(panels([real, dream], ["real  t={t}", "dream"]), Path(cfg.experiment.assets_dir) / "pong_fake.gif",
+               cfg.eval.fps, mp4=False)
+    pick = np.unique(np.r_[np.arange(0, H, 50), H - 1])                        # t = 0, 50, 100, 150, 199
+    import imageio.v3 as iio
+    iio.imwrite(Path(cfg.experiment.assets_dir) / "dream_strip.png", strip(real[pick], dream[pick]))
 
 
 def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameData | None = None,

@@ -1,12 +1,19 @@
-"""Speed and memory of the default pipeline: python tests/benchmark.py [overrides...]
+"""Speed, memory and dream figures of the default pipeline: python tests/benchmark.py [overrides...]
 
-Runs `python world_model.py` in a fresh process exactly as a user would (data recording
-included), then prints a table: wall time per phase, total wall time, peak memory (RSS), the
-autoencoder's cost per training step, and the held-out object figures, also on episodes of
-seeds that no run or tuning ever saw; then `python world_model.py eval` on the trained checkpoint
-(wall time, rollout speed) and the play session's milliseconds per step. Figures go in the README;
-targets are not asserted.
+1. Runs `python world_model.py` (defaults, then the overrides) in a fresh process per training seed
+   (train.seed 0, 1, 2), exactly as a user would, data recording included: wall time, peak memory
+   (RSS) and the time of each phase.
+2. Measures each trained model with the eval command's machinery (evaluate.measure) on held-out play
+   recorded with seeds that no run and no choice of recipe ever looked at: random play (seeds
+   401-403) and tracker play (411-413), 1,000 frames each.
+3. Prints the speed table and the figures table (mean and worst over the training seeds, next to
+   copy-last-frame and constant velocity), then `python world_model.py eval`'s wall time and play's
+   milliseconds per step. Figures go in the README; targets are not asserted.
+
+    python tests/benchmark.py                        # the default recipe, 3 training seeds (~12 min on 2 cores)
+    python tests/benchmark.py --train-seeds 0        # one seed
 """
+import argparse
 import json
 import resource
 import subprocess
@@ -14,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,85 +41,128 @@ def ae_step_gflop(cfg) -> float:
     return fc.get_total_flops() / 1e9
 
 
-def fresh_seed_figures(wm, cfg, seeds=(301, 302, 303), steps: int = 1000, policy: str | None = None,
-                       dreams: bool = True) -> dict:
-    """Object agreement of the trained model's reconstructions (and, with `dreams`, 30-step dreams)
-    on episodes recorded with seeds never used in training or in choosing the recipe (which looked
-    at seeds 1, 101-103, 111-112, 201-205); `policy`: another policy than training's (None: the same)."""
-    import numpy as np
-    import world_model as W
-    from data.d4rl_frames import record
-    data = [record(cfg.data.game, steps, sd, policy or cfg.data.policy) for sd in seeds]
-    frames = np.concatenate([d.frames for d in data])
-    ok = W.object_agreement(frames, wm.reconstruct(frames))
-    out = {k: float(v.mean()) for k, v in ok.items()} | {"n": len(frames), "seeds": seeds}
-    if dreams:   # the run's closing summary (evaluate.py's quick mode) on each seed, averaged over seeds
-        import evaluate as E
-        per_seed = [E.measure(wm, d, E.quick_config(cfg))[0]["open_loop"] for d in data]
-        out["horizon"] = H = per_seed[0]["horizon"]
-        for m in ("model", "copy_last"):
-            for k in ("ball", "player", "opponent"):
-                out[f"{m}_{k}"] = [float(np.mean([o[m][f"{k}_ok"][h] for o in per_seed])) for h in ("1", str(H))]
-            out[f"{m}_tracked"] = float(np.mean([o[m]["ball_tracking_horizon_median"] for o in per_seed]))
-    return out
+def train(overrides: list[str], seed: int, out: Path) -> dict:
+    """The default command in a fresh process; returns its summary.json with wall time and peak RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    cmd = [sys.executable, str(ROOT / "world_model.py"), *overrides, f"train.seed={seed}",
+           f"experiment.out_dir={out}/runs", f"experiment.assets_dir={out}/assets"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    (run,) = Path(out, "runs").iterdir()
+    s = json.loads((run / "summary.json").read_text())
+    return s | {"wall_s": wall, "peak_mb": peak / 1024 if peak > before else float("nan"), "run": str(run)}
+
+
+def figures(wm, data) -> dict:
+    """The figures issue 14 names, on one held-out set."""
+    import evaluate as E
+    from world_model import HeldoutConfig
+    cfg = HeldoutConfig(horizon=50, starts=96, long_starts=0, videos=0, probe_frames=0, ssim=False, dreams=16,
+                        dream_steps=200)
+    m, curves, _ = E.measure(wm, data, cfg)
+    ol, dm, r = m["open_loop"], m["dream"], m["reconstruction"]
+    return {
+        "recon_ball": r["ball"], "recon_player": r["player"], "recon_opponent": r["opponent"],
+        **{f"step1_{k}": ol[k]["ball_ok"]["1"] for k in ("model", "copy_last", "const_velocity")},
+        **{f"track_{k}": ol[k]["ball_tracking_horizon_median"] for k in ("model", "copy_last", "const_velocity")},
+        **{f"track4_{k}": ol[k]["ball_tracking_horizon_median_4px"] for k in ("model", "copy_last", "const_velocity")},
+        **{f"copy_beats_{k}": len(v) for k, v in ol["copy_last_beats_model_objects_at"].items()},
+        "dream_ball": dm["model"]["ball"], "real_ball": dm["real"]["ball"], "dream_moves": dm["model"]["ball_moves"],
+        "dream_paddles": dm["model"]["paddles_intact"], "real_paddles": dm["real"]["paddles_intact"],
+        "dream_follows": dm["model"]["opponent_follows"], "real_follows": dm["real"]["opponent_follows"],
+        "up_at_top": dm["obeys"]["up_at_top"], "down_at_bottom": dm["obeys"]["down_at_bottom"],
+    }
+
+
+def held_out(policy: str, seeds: list[int]):
+    from data.d4rl_frames import concat, record
+    return concat([record("Pong", 1000, s, policy) for s in seeds])
 
 
 def main() -> None:
-    import world_model as W
-    overrides = sys.argv[1:]
-    cfg = W.make_config(overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "world_model.py"), *overrides, f"experiment.out_dir={tmp}/runs",
-               f"experiment.assets_dir={tmp}/assets"]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - t0
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        (run,) = Path(tmp, "runs").iterdir()
-        s = json.loads((run / "summary.json").read_text())
-        wm = W.WorldModel.load(run / "checkpoints" / "last.pt")
-        fresh = fresh_seed_figures(wm, cfg)
-        other = "tracker" if cfg.data.policy != "tracker" else "random"
-        fresh_other = fresh_seed_figures(wm, cfg, (311, 312), policy=other, dreams=False)
-        # The evaluation command on this checkpoint, as a user runs it (fresh held-out recording included).
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "world_model.py"), "eval", "--checkpoint",
-                        str(run / "checkpoints" / "best.pt"), f"experiment.out_dir={tmp}/eval"],
-                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        eval_wall = time.perf_counter() - t0
-        (ev,) = Path(tmp, "eval").iterdir()
-        em = json.loads((ev / "metrics.json").read_text())
-        from play import bench_play
-        play = bench_play(wm)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train-seeds", default="0,1,2")
+    ap.add_argument("--random-seeds", default="401,402,403", help="held-out random play (never used to choose)")
+    ap.add_argument("--tracker-seeds", default="411,412,413", help="held-out tracker play (never used to choose)")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
     import torch
-    t = s["times_s"]
-    rows = [("record frames (train + held-out)", f"{t['data']:.1f} s"),
-            (f"autoencoder, {cfg.ae.steps} steps", f"{t['autoencoder']:.1f} s ({1000 * t['autoencoder'] / cfg.ae.steps:.0f} ms/step)"),
-            (f"predictor, {cfg.pred.steps} steps", f"{t['predictor']:.1f} s ({1000 * t['predictor'] / cfg.pred.steps:.0f} ms/step)"),
-            ("evaluation + assets", f"{t['eval+assets']:.1f} s"),
-            ("whole command, wall (Python start to exit)", f"{wall:.1f} s"),
-            ("peak memory (max RSS)", f"{peak_mb:.0f} MB"),
+    import world_model as W
+    from play import bench_play
+    cfg = W.make_config(a.overrides)
+    sets = {"random": held_out("random", [int(s) for s in a.random_seeds.split(",")]),
+            "tracker": held_out("tracker", [int(s) for s in a.tracker_seeds.split(",")])}
+    runs, figs = [], {k: [] for k in sets}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in (int(s) for s in a.train_seeds.split(",")):
+            runs.append(train(a.overrides, seed, Path(tmp) / f"s{seed}"))
+            wm = W.WorldModel.load(Path(runs[-1]["run"]) / "checkpoints" / "last.pt")
+            for k, d in sets.items():
+                figs[k].append(figures(wm, d))
+            print(f"train.seed={seed}: {runs[-1]['wall_s']:.1f} s wall", file=sys.stderr)
+        best = Path(runs[0]["run"]) / "checkpoints" / "best.pt"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "world_model.py"), "eval", "--checkpoint", str(best),
+                        f"experiment.out_dir={tmp}/eval"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        eval_wall = time.perf_counter() - t0
+        play = bench_play(W.WorldModel.load(best))
+
+    def spread(xs, fmt="{:.1f}"):
+        return ", ".join(fmt.format(x) for x in xs)
+    t = [r["times_s"] for r in runs]
+    rows = [("record frames (train + held-out)", spread([x["data"] for x in t]) + " s"),
+            (f"autoencoder, {cfg.ae.steps} steps of {cfg.ae.batch_size}", spread([x["autoencoder"] for x in t]) + " s"),
+            (f"predictor, {cfg.pred.steps} steps of {cfg.pred.batch_size} (encoding included)",
+             spread([x["predictor"] for x in t]) + " s"),
+            ("evaluation + assets", spread([x["eval+assets"] for x in t]) + " s"),
+            ("whole command, wall (Python start to exit)", spread([r["wall_s"] for r in runs]) + " s"),
+            ("peak memory (max RSS)", spread([r["peak_mb"] for r in runs], "{:.0f}") + " MB"),
             (f"autoencoder step cost, batch {cfg.ae.batch_size}", f"{ae_step_gflop(cfg):.2f} GFLOP"),
-            ("held-out ball / player / opponent kept",
-             " / ".join(f"{100 * s['reconstruction'][k]:.1f}" for k in ("ball", "player", "opponent")) + " %"),
-            (f"same, fresh seeds {fresh['seeds']}, {fresh['n']} frames", f"{100 * fresh['ball']:.1f} / {100 * fresh['player']:.1f} / {100 * fresh['opponent']:.1f} %"),
-            (f"same, {other} policy, seeds {fresh_other['seeds']}, {fresh_other['n']} frames",
-             " / ".join(f"{100 * fresh_other[k]:.1f}" for k in ("ball", "player", "opponent")) + " %")]
-    for m, label in (("model", "open loop"), ("copy_last", "copy-last-frame")):
-        rows.append((f"{label}, fresh seeds: ball / player / opponent kept at h=1 | {fresh['horizon']}",
-                     " | ".join(" / ".join(f"{100 * fresh[f'{m}_{k}'][i]:.1f}" for k in ("ball", "player", "opponent"))
-                                for i in (0, 1)) + " %"))
-        rows.append((f"{label}, fresh seeds: ball tracked (seed medians, mean)", f"{fresh[m + '_tracked']:.1f} steps"))
-    sp = em["speed"]
-    rows += [("python world_model.py eval (best.pt), wall", f"{eval_wall:.1f} s"),
-             ("eval rollouts: batched / single stream", f"{sp['rollout_fps_batched']:.0f} / {sp['rollout_fps_single']:.0f} frames/s"),
-             ("play: one step (predict + decode), median", f"{play['step_ms']:.1f} ms"),
-             ("play: step + real game + draw (notebook PNG), median / p90",
-              f"{play['total_ms']:.1f} / {play['total_p90_ms']:.1f} ms")]
-    print(f"| {'python world_model.py ' + ' '.join(overrides):<60} | torch {torch.__version__}, {torch.get_num_threads()} threads |")
-    print(f"|{'-' * 62}|{'-' * 32}|")
+            ("python world_model.py eval (best.pt), wall", f"{eval_wall:.1f} s"),
+            ("play: one step (predict + decode), median", f"{play['step_ms']:.1f} ms"),
+            ("play: step + real game + draw (notebook PNG), median / p90", f"{play['total_ms']:.1f} / {play['total_p90_ms']:.1f} ms")]
+    print(f"| {'python world_model.py ' + ' '.join(a.overrides) + ' (train.seed ' + a.train_seeds + ')':<66} "
+          f"| torch {torch.__version__}, {torch.get_num_threads()} threads |")
+    print(f"|{'-' * 68}|{'-' * 32}|")
     for k, v in rows:
-        print(f"| {k:<60} | {v:<30} |")
+        print(f"| {k:<66} | {v:<30} |")
+
+    def mw(k, policy, pct=True, worst=min):
+        xs = [f[k] for f in figs[policy]]
+        f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.3g}")
+        return f"{f(float(np.mean(xs)))} ({f(worst(xs))})"
+    table = [
+        ("reconstruction: ball kept %", "recon_ball", True, min, None),
+        ("reconstruction: player paddle within 1 px %", "recon_player", True, min, None),
+        ("reconstruction: opponent paddle within 1 px %", "recon_opponent", True, min, None),
+        ("open loop: ball right at step 1 % (copy-last, const-vel)", "step1_model", True, min, ("step1_copy_last", "step1_const_velocity")),
+        ("open loop: ball tracked, median steps, 2 px (copy-last, const-vel)", "track_model", False, min,
+         ("track_copy_last", "track_const_velocity")),
+        ("open loop: same, 4 px", "track4_model", False, min, ("track4_copy_last", "track4_const_velocity")),
+        ("horizons 1-50 where copy-last keeps the ball more often", "copy_beats_ball", False, max, None),
+        ("... the player paddle", "copy_beats_player", False, max, None),
+        ("... the opponent paddle", "copy_beats_opponent", False, max, None),
+        ("dream, 200 random actions: frames with a ball % (real)", "dream_ball", True, min, ("real_ball",)),
+        ("dream: ball moving, % of steps with a ball in both frames", "dream_moves", True, min, None),
+        ("dream: both paddles intact % (real)", "dream_paddles", True, min, ("real_paddles",)),
+        ("dream: opponent row ~ ball row correlation (real)", "dream_follows", False, min, ("real_follows",)),
+        ("dream fed only UP: player at the top wall, % of dreams", "up_at_top", True, min, None),
+        ("dream fed only DOWN: player at the bottom wall, % of dreams", "down_at_bottom", True, min, None),
+    ]
+    print(f"\n| mean (worst) over train.seed {a.train_seeds} | random play {a.random_seeds} | tracker play {a.tracker_seeds} |")
+    print("|---|---|---|")
+    for label, key, pct, worst, ref in table:
+        cells = []
+        for policy in ("random", "tracker"):
+            c = mw(key, policy, pct, worst)
+            if ref:
+                fmt = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.2g}")
+                c += " (" + ", ".join(fmt(float(np.mean([f[r] for f in figs[policy]]))) for r in ref) + ")"
+            cells.append(c)
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
