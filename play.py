@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -22,7 +21,7 @@ import torch
 
 from data import UsageError
 from data.d4rl_frames import FrameData, make_env
-from world_model import WorldModel, latest_checkpoint, panels, save_video, to_uint8
+from world_model import WorldModel, latest_checkpoint, one_thread, panels, save_video, to_uint8
 
 # UI names -> the ALE action meaning each stands for, first match wins (Pong's paddle moves up on RIGHT).
 CONTROLS = {"Up": ("UP", "RIGHT"), "Down": ("DOWN", "LEFT"), "Stay": ("NOOP",), "Fire": ("FIRE",)}
@@ -37,17 +36,6 @@ def _controls(meanings: list[str]) -> dict[str, int]:
             out[name] = hit[0]
     return out
 
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one thread inside: a batch-1 step is too small to split, and on a busy CPU waiting for the
-    second thread dominates (decode measured 1 ms on one thread; on two, median 9 ms, 90th percentile 190 ms)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class PlaySession:
@@ -107,7 +95,7 @@ class PlaySession:
     def _restart(self, context: np.ndarray, context_actions: np.ndarray) -> None:
         """Dream from these K real frames: encode them once; the next steps only predict and decode."""
         self.context = np.ascontiguousarray(context)                              # uint8 (K, 84, 84)
-        with _one_thread():
+        with one_thread():
             self._z = self.wm.encode_context(torch.from_numpy(self.context)[None])   # (1, K, D)
         self._past = torch.as_tensor(context_actions, dtype=torch.long).view(1, self.K - 1).to(self.wm.device)
         self.frame = self.context[-1]
@@ -139,7 +127,7 @@ class PlaySession:
         """Dream one step with `action` (the real game, if any, takes it too): uint8 (84, 84)."""
         a = self.action(action)
         acts = torch.cat([self._past, torch.tensor([[a]], device=self.wm.device)], 1)  # (1, K): action at each latent
-        with _one_thread():
+        with one_thread():
             self._z, frame = self.wm.dream_step(self._z, acts)
         self.frame = to_uint8(frame)[0]                                          # (84, 84)
         self._past = acts[:, 1:]

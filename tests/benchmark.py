@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--train-seeds", default="0,1,2")
     ap.add_argument("--random-seeds", default="401,402,403", help="held-out random play (never used to choose)")
     ap.add_argument("--tracker-seeds", default="411,412,413", help="held-out tracker play (never used to choose)")
+    ap.add_argument("--keep", help="write the runs, assets and the eval folder here instead of a temporary folder")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     import torch
@@ -96,6 +97,7 @@ def main() -> None:
             "tracker": held_out("tracker", [int(s) for s in a.tracker_seeds.split(",")])}
     runs, figs = [], {k: [] for k in sets}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = a.keep or tmp
         for seed in (int(s) for s in a.train_seeds.split(",")):
             runs.append(train(a.overrides, seed, Path(tmp) / f"s{seed}"))
             wm = W.WorldModel.load(Path(runs[-1]["run"]) / "checkpoints" / "last.pt")
@@ -129,6 +131,8 @@ def main() -> None:
     print(f"|{'-' * 68}|{'-' * 32}|")
     for k, v in rows:
         print(f"| {k:<66} | {v:<30} |")
+    print(f"\nheld-out sets: random {[len(sets['random'].episode_slices())]} episodes, tracker "
+          f"{[len(sets['tracker'].episode_slices())]} episodes, {len(sets['random'])} + {len(sets['tracker'])} frames")
 
     def mw(k, policy, pct=True, worst=min):
         xs = [f[k] for f in figs[policy]]
