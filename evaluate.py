@@ -622,7 +622,7 @@ def print_summary(s: dict) -> None:
     print(f"data              {t['data']:6.1f} s  {s['train_frames']} training frames ({s['train_episodes']} episodes), "
           f"{r['frames']} held-out frames from other episodes")
     print(f"autoencoder       {t['autoencoder']:6.1f} s  held-out reconstruction MSE {r['mse']:.5f}")
-    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step latent error {s['val_pred_1step']:.4f} (normalised)")
+    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step loss {s['val_pred_1step']:.4f} (pred_loss: px, presence, code)")
     print(f"eval + assets     {t['eval+assets']:6.1f} s  total {t['total']:.1f} s")
     print(f"held-out objects  ball {r['ball']:.1%}  (on frames with a ball {r['ball_on_frames_with_ball']:.1%})"
           f"  player paddle {r['player']:.1%}  opponent paddle {r['opponent']:.1%}")

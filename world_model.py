@@ -1,10 +1,11 @@
-"""Neural-Atari Regen: a world model of Atari Pong you can train on a laptop in two minutes.
+"""Neural-Atari Regen: a world model of Atari Pong you can train on a laptop CPU in about three minutes.
 
-An autoencoder squeezes each 84x84 grey frame into a 128-D latent; a predictor maps the last K
-latents and the player's action to the next latent; rolled out open loop it dreams the game.
+An autoencoder squeezes each 84x84 grey frame into a 128-D latent whose first 7 numbers are the
+ball's and the paddles' coordinates; a predictor maps the last K latents and the player's actions
+to the next latent; rolled out open loop it dreams the game.
 
     python world_model.py                                  # record frames, train both, write assets/
-    python world_model.py ae.steps=1000 model.context=1    # dot-notation overrides of Config
+    python world_model.py ae.steps=800 pred.steps=3000     # dot-notation overrides of Config
     python world_model.py --config my.yaml optim.lr=3e-4   # a YAML file first, then overrides
     python world_model.py data.source=data/pong            # train on a recorded dataset (python -m data.d4rl_frames)
     python world_model.py --resume runs/<run>              # continue a stopped run where it stopped

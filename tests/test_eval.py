@@ -1,4 +1,4 @@
-"""Held-out evaluation (issue 5): files, baselines that mean what they say, metrics that can fail."""
+"""Held-out evaluation: files, baselines that mean what they say, metrics that can fail."""
 import csv
 import json
 
