@@ -102,14 +102,15 @@ def psnr(mse: np.ndarray) -> np.ndarray:
     return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
 
 
-def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool = True,
-                             chunk: int = 1024) -> dict[str, np.ndarray]:
+def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool = True, chunk: int = 1024,
+                             real_probe: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per (rollout, step) figures: uint8 (S, H, 84, 84) x 2 -> dict of (S, H) arrays.
 
     mse (0..1 scale), ssim, and the probe's comparison: ball / player / opponent kept (bool),
     ball_4px (the ball rule at 4 px), <obj>_presence (bool), ball_err / player_err / opponent_err
     (pixels, NaN unless both have it).
-    Chunks of frames bound the float copies (SSIM's map is float64).
+    Chunks of frames bound the float copies (SSIM's map is float64). real_probe: probe() of the
+    real frames, flattened to (S * H,), when it is at hand (several methods against the same frames).
     """
     S, H = real.shape[:2]
     r, p = real.reshape(-1, 84, 84), pred.reshape(-1, 84, 84)                 # (S * H, 84, 84)
@@ -119,7 +120,8 @@ def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool
         out = {"mse": ((b.astype(np.float32) - a) ** 2).mean((1, 2)) / 255 ** 2}
         if with_ssim:
             out["ssim"] = ssim_frames(a, b)
-        pa, pb = probe(a), probe(b)
+        pa = probe(a) if real_probe is None else {k: v[i:i + chunk] for k, v in real_probe.items()}
+        pb = probe(b)
         parts.append(out | compare_probes(pa, pb) | {"ball_4px": ball_kept(pa, pb, 4.0)})
     return {k: np.concatenate([q[k] for q in parts]).reshape(S, H) for k in parts[0]}
 
@@ -261,7 +263,8 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
     both, spent = rollouts(wm, *ins, batch_frames=cfg.batch_frames, progress=progress)
     model, zero = both[:len(starts)], both[len(starts):]
     preds = {"model": model, "copy_last": np.repeat(data.frames[starts + K - 1][:, None], H, 1), "zero_action": zero}
-    per_step = {k: frame_and_object_metrics(real, v, with_ssim=cfg.ssim) for k, v in preds.items()}
+    real_p = probe(real.reshape(-1, 84, 84))                                  # (S * H,) each, probed once
+    per_step = {k: frame_and_object_metrics(real, v, cfg.ssim, real_probe=real_p) for k, v in preds.items()}
     curves = {k: per_horizon(v) for k, v in per_step.items()}
     ol = {"horizon": H, "rollouts": len(starts), "episodes": len(np.unique(np.asarray(data.episode)[starts]))}
     for k, ps in per_step.items():
@@ -272,7 +275,7 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
                   "ball_tracking_horizon_median_4px": float(np.median(tracking_horizon(ps["ball_4px"])))}
     # The physical reference for the ball alone: constant velocity from the last two context frames.
     cv_pred = constant_velocity(data.frames[starts[:, None] + np.arange(K)], H)
-    real_p = {k: v.reshape(len(starts), H) for k, v in probe(real.reshape(-1, 84, 84)).items()}
+    real_p = {k: v.reshape(len(starts), H) for k, v in real_p.items()}
     cv = {px: ball_kept(real_p, cv_pred, px) for px in (2.0, 4.0)}
     ol["const_velocity"] = {"ball_ok": _at(cv[2.0].mean(0)),
                             "ball_tracking_horizon_median": float(np.median(tracking_horizon(cv[2.0]))),
@@ -311,8 +314,9 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
     if len(ls):
         lreal = data.frames[ls[:, None] + np.arange(K, K + L)]                 # (S, L, 84, 84)
         m["long"] = {"horizon": L, "rollouts": len(ls)}
+        lreal_p = probe(lreal.reshape(-1, 84, 84))
         for k, v in (("model", lmodel), ("copy_last", np.repeat(data.frames[ls + K - 1][:, None], L, 1))):
-            f = frame_and_object_metrics(lreal, v, with_ssim=False)
+            f = frame_and_object_metrics(lreal, v, with_ssim=False, real_probe=lreal_p)
             m["long"][k] = {"mse": _at(f["mse"].mean(0)), "ball_ok": _at(f["ball"].mean(0)),
                             "ball_tracking_horizon_median": float(np.median(tracking_horizon(f["ball"])))}
         for i in range(min(cfg.videos, len(ls)) if out_dir is not None else 0):

@@ -479,6 +479,7 @@ class Predictor(nn.Module):
         self.register_buffer("gstd", torch.ones(G))
         self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0]]))  # (S, 4) y0, vx/2, vy/2, gap seen
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
+        self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         self.gp = nn.Linear(G, global_proj)
         n_in = K * NC + (K - 1) * 6 + (K * A if action_conditioned else 0) + global_proj + 4
         self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
@@ -498,7 +499,7 @@ class Predictor(nn.Module):
         frame, actions (B, K) int (-1 unknown), u (B, 4) -> next coordinates (B, 7) with the presence
         as a logit, next normalised global code (B, G)."""
         pres = c[:, :, BP]                                                     # (B, K) 0/1
-        centre = c.new_tensor([CENTRE[0], *[CENTRE[1]] * 5])                   # (6,)
+        centre = self.centre                                                   # (6,) an absent ball sits here
         pos = c[:, :, POS]                                                     # (B, K, 6)
         pos = torch.cat([torch.where(pres[..., None] > 0.5, pos[..., :2], centre[:2]), pos[..., 2:]], -1)
         posn = (pos - centre) / self.SCALE
@@ -664,15 +665,13 @@ class WorldModel(nn.Module):
     def start(self, z: torch.Tensor, seed: int = 0) -> Dream:
         """Latent windows (B, K, D) -> a dream from them: hard ball presence, the coming serve drawn,
         and, if the ball is out, the frames until it (from how long the window has shown no ball)."""
-        p, (B, K) = self.predictor, z.shape[:2]
-        c = z[:, :, :NC].clone()
-        c[:, :, BP] = (c[:, :, BP] > 0).float()
+        (B, K), c, g = z.shape[:2], latent_table(self, z)[0], latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
         gen = torch.Generator().manual_seed(seed)
         serve = self._serves(B, gen)
         out = torch.cumprod((c[:, :, BP] < 0.5).flip(1).long(), 1).sum(1).float().cpu()   # (B,) trailing frames without ball
         unknown = (torch.rand(B, generator=gen) * (serve[:, 3] - K).clamp(min=1)).floor() + 1
         wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
-        return Dream(c, (z[:, -1, NC:] - p.gmean) / p.gstd, serve.to(z.device), wait.to(z.device), gen)
+        return Dream(c, g, serve.to(z.device), wait.to(z.device), gen)
 
     def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:
         s = self.predictor.serves
@@ -1047,12 +1046,12 @@ def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> tor
 
 @torch.no_grad()
 def latent_table(wm: WorldModel, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the predictor reads of each frame's latent (N, D): coordinates (N, 7) with hard ball
-    presence (0/1), and the global code (N, G), normalised by the predictor's statistics."""
-    c = z[:, :NC].clone()
-    c[:, BP] = (c[:, BP] > 0).float()
+    """What the predictor reads of each frame's latent (..., D): coordinates (..., 7) with hard ball
+    presence (0/1), and the global code (..., G), normalised by the predictor's statistics."""
+    c = z[..., :NC].clone()
+    c[..., BP] = (c[..., BP] > 0).float()
     p = wm.predictor
-    return c, (z[:, NC:] - p.gmean) / p.gstd
+    return c, (z[..., NC:] - p.gmean) / p.gstd
 
 
 def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor,
@@ -1070,10 +1069,11 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     for s in range(pc.unroll):
         nxt, gl = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
         tgt = c[:, K + s]
-        err = F.huber_loss(nxt[:, POS].float(), tgt[:, POS], reduction="none", delta=1.0)   # (B, 6) pixels
-        # The ball: nearly L1 down to pc.ball_delta px (tracking needs its position exact, not just close).
+        # (B, 6) pixels. The ball: nearly L1 down to pc.ball_delta px (tracking needs its position exact,
+        # not just close); the paddles' edges: delta 1 px.
         err = torch.cat([F.huber_loss(nxt[:, :2].float(), tgt[:, :2], reduction="none", delta=pc.ball_delta)
-                         / pc.ball_delta, err[:, 2:]], 1)
+                         / pc.ball_delta,
+                         F.huber_loss(nxt[:, POS[2:]].float(), tgt[:, POS[2:]], reduction="none", delta=1.0)], 1)
         w = torch.ones_like(err)
         w[:, :2] = tgt[:, BP:BP + 1] * pc.ball_weight
         coord = coord + (err * w).sum() / w.sum()
