@@ -13,7 +13,6 @@ writes its files around it; the summary a training run prints at its end is its 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data import UsageError
+from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
@@ -647,7 +646,7 @@ def print_summary(s: dict) -> None:
 
 def main(argv: list[str]) -> int:
     """python world_model.py eval [--checkpoint PATH] [--data SOURCE] [heldout.<field>=value ...]"""
-    ap = argparse.ArgumentParser(prog="world_model.py eval", description="measure a checkpoint on held-out Pong: "
+    ap = Parser(prog="world_model.py eval", description="measure a checkpoint on held-out Pong: "
                                  "open-loop rollouts vs the real game by horizon, baselines, reconstruction, dreams",
                                  epilog="overrides: heldout.<field>=value (HeldoutConfig in world_model.py), "
                                  "experiment.out_dir=...")

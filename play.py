@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import UsageError
+from data import Parser, UsageError
 from data.d4rl_frames import FrameData, make_env
 from world_model import WorldModel, latest_checkpoint, one_thread, panels, save_video, to_uint8
 
@@ -380,7 +379,7 @@ def bench_play(wm: WorldModel, steps: int = 200, real: bool = True, scale: int =
 
 def main(argv: list[str]) -> int:
     """python world_model.py play [--checkpoint PATH] [--no-real] [--fps N] [--seed N] [--bench]"""
-    ap = argparse.ArgumentParser(prog="world_model.py play", description="play Pong inside the world model: "
+    ap = Parser(prog="world_model.py play", description="play Pong inside the world model: "
                                  "arrow keys move, space fires, R resyncs the dream with the real game, Esc quits")
     ap.add_argument("--checkpoint", help="a checkpoint (default: the newest runs/*/checkpoints/last.pt)")
     ap.add_argument("--out_dir", default="runs", help="where to look for the newest run (default: runs)")

@@ -18,7 +18,6 @@ to the next latent; rolled out open loop it dreams the game.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -29,290 +28,25 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from data import MissingInput, UsageError
+from config import (NC, SMALL_BUDGET, AEConfig, Config, DataConfig, EvalConfig, ExperimentConfig,  # noqa: F401
+                    HeldoutConfig, ModelConfig, OptimConfig, PredConfig, TrainConfig, WandbConfig, make_config,
+                    pick_device, show_config, train_device)
+from data import MissingInput, Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_THRESHOLD, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
+from data.probe import (BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
                         returned_ball)
 
 CHECKPOINT_FORMAT = 3   # 3: the latent holds object coordinates
-
-# ------------------------------------------------------------------------------------ config
-
-
-@dataclass
-class DataConfig:
-    source: str = "ale"           # ale: record now with Gymnasium + ale-py | a dataset folder (ours or the predecessor's) | d4rl:<id>
-    game: str = "Pong"            # ALE game name, as in ALE/<game>-v5
-    train_steps: int = 10000      # ale source: frames recorded for training
-    val_steps: int = 1000         # ale source: held-out frames, from separate episodes (val_seed)
-    seed: int = 0                 # ale source: seed of the training recording (emulator no-ops and policy)
-    val_seed: int = 1             # ale source: seed of the held-out recording; must differ from seed
-    policy: str = "random+tracker"  # ale source: who plays: random | tracker (returns the ball) | a mix, equal shares
-    val_fraction: float = 0.1     # dataset sources: share of whole episodes (the last ones) held out
-    num_workers: int = 0          # DataLoader processes gathering autoencoder batches (0: in the main process)
-    prefetch_factor: Optional[int] = None  # batches each worker loads ahead; only with num_workers > 0
-    persistent_workers: bool = False  # keep workers alive between phases; only with num_workers > 0
-    pin_memory: bool = False      # page-locked batches for faster host-to-GPU copies; only on CUDA
-
-
-@dataclass
-class ModelConfig:
-    latent_dim: int = 128         # size of a frame's latent
-    width: int = 48               # channels of the encoder's 21x21 and 11x11 feature maps (multiple of 8)
-    global_width: int = 16        # channels of the global code's decoder (multiple of 8)
-    gain: float = 10.0            # initial gain of the encoder's spatial softmax (learned)
-    context: int = 4              # K: latents the predictor sees (>= 2: it reads velocities)
-    action_conditioned: bool = True  # False: pure dynamics, the action is not an input
-    hidden: int = 256             # predictor MLP width
-    global_proj: int = 16         # the predictor reads the global code through a projection this wide
-
-
-@dataclass
-class AEConfig:
-    steps: int = 400              # optimizer steps of the autoencoder loop
-    batch_size: int = 64          # frames per step
-    lr: float = 3e-3              # peak learning rate (optim.lr, when set, replaces it)
-    schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
-    loss: str = "mse"             # per-pixel error: mse | huber (the object weights apply to either)
-    huber_delta: float = 0.1      # huber: quadratic below this error (pixels on a 0..1 scale)
-    fg_weight: float = 100.0      # extra loss weight on pixels that differ from the background
-    bright_weight: float = 300.0  # extra weight on bright foreground pixels (Pong's ball)
-    fg_threshold: float = 0.05    # |pixel - background| above this is foreground (0..1 scale)
-    bright_threshold: float = BALL_THRESHOLD  # pixels above this are 'bright': the probe's ball threshold (0.6)
-    peak_weight: float = 100.0    # weight of the max-pooled (3x3) MSE on bright pixels: keeps the ball sharp
-    margin_weight: float = 1000.0  # weight of the brightness-margin hinge: only the ball may look like the ball
-    margin: float = 0.04          # non-ball pixels stay below bright_threshold - margin, ball pixels above it + margin
-    returned_ball_weight: float = 0.0  # frames whose ball moves toward the opponent weigh 1 + this in batches
-    grad_clip: float = 1.0        # max gradient norm (the weights jump when a ghost object appears)
-    coord_weight: float = 1.0     # weight of the latent's object coordinates against the probe's (Huber, pixels)
-    presence_weight: float = 0.5  # weight of the ball-presence logit's cross-entropy
-
-
-@dataclass
-class PredConfig:
-    steps: int = 1500             # optimizer steps of the predictor loop
-    batch_size: int = 128         # windows per step
-    lr: float = 2e-3              # peak learning rate (optim.lr, when set, replaces it)
-    schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
-    loss: str = "mse"             # the global code's error: mse | huber (coordinates: Huber, 1 px)
-    huber_delta: float = 1.0      # huber: quadratic below this error (the global code is normalised to unit std)
-    unroll: int = 8               # open-loop steps per training window (1 = teacher forcing)
-    grad_clip: float = 1.0        # max gradient norm
-    unknown_past_prob: float = 0.0   # share of windows trained without the actions before the last context frame
-                                  # (0: dreams are given them; 0.25 cost the paddle its obedience at the walls)
-    ball_weight: float = 3.0      # weight of the ball's x, y against the paddles' edges in the coordinate loss
-    ball_delta: float = 0.1       # Huber delta of the ball's x, y (pixels; the paddles': 1)
-    global_weight: float = 0.1    # weight of the global code's error
-    noise_px: float = 0.1         # Gaussian noise on the context's coordinates (pixels): learn to recover
-    noise_global: float = 0.05    # Gaussian noise on the context's normalised global code
-
-
-@dataclass
-class OptimConfig:
-    lr: Optional[float] = None    # if set, the peak learning rate of both phases (replaces ae.lr and pred.lr)
-    beta1: float = 0.9            # AdamW first-moment decay (one_cycle cycles it between 0.85 and 0.95)
-    beta2: float = 0.99           # AdamW second-moment decay: short memory, the object weights make gradients spiky
-    weight_decay: float = 0.0     # AdamW decoupled weight decay
-    warmup: float = 0.1           # share of a phase spent warming up (one_cycle and cosine)
-
-
-@dataclass
-class EvalConfig:
-    val_every: int = 250          # validate (held-out losses, figures, images, videos, checkpoints) every this many steps
-    log_every: int = 10           # a metrics.csv row every this many steps
-    val_frames: int = 256         # held-out frames scored at each autoencoder validation
-    video_frames: int = 60        # length of the open-loop video written at each predictor validation
-    rollout_frames: int = 200     # length of the final dreamed GIF (assets/pong_fake.gif)
-    fps: int = 15                 # GIF frame rate (Pong runs at 15 agent steps a second)
-    summary_horizon: int = 30     # the run's closing summary: open-loop steps per rollout (evaluate.py, quick mode)
-    summary_starts: int = 40      # the run's closing summary: rollouts, spread evenly over the held-out episodes
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0                 # seeds initialisation and every batch (batch t is drawn from (seed, phase, t))
-    device: str = "auto"          # auto (CUDA, then Apple MPS, then CPU) | cpu | cuda | mps
-    cpu: bool = False             # force the CPU whatever device says
-    precision: str = "fp32"       # fp32 | bf16 | fp16 (autocast; CUDA only)
-    compile: bool = False         # torch.compile the training modules (CUDA only; checkpoints hold the plain module)
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "disabled"        # disabled | offline | online (needs `pip install wandb`)
-    project: str = "neural-atari-regen"  # W&B project
-    entity: Optional[str] = None  # W&B team or user (None: your default)
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = ""                # run folder suffix (runs/<timestamp>_<name>); empty: the game's name
-    out_dir: str = "runs"         # run folders go here
-    assets_dir: str = "assets"    # real_vs_recon.png and pong_fake.gif go here
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-@dataclass
-class HeldoutConfig:
-    """`python world_model.py eval`: held-out episodes, rollouts and pictures (heldout.<field>=value)."""
-    steps: int = 3000             # held-out frames recorded when no dataset is given (episodes no run trained on)
-    seed: int = 1234              # seed of that recording: never a training seed (checked)
-    policy: str = "tracker"       # recording policy: another than training's random play (tracker returns the ball)
-    horizon: int = 50             # H: open-loop steps of the curves and the CSV
-    starts: int = 96              # open-loop rollouts, start points spread evenly over all episodes
-    long_horizon: int = 200       # steps of the long rollouts (tracking horizon, videos)
-    long_starts: int = 8          # long rollouts (0: none)
-    dream_steps: int = 200        # steps of each dream with random actions (no ground truth)
-    dreams: int = 8               # dreams, from different real contexts
-    videos: int = 3               # long rollouts written as GIF (and MP4 when imageio-ffmpeg is installed)
-    video_steps: int = 100        # steps shown per video (a noisy 200-step GIF at x3 is ~8 MB)
-    probe_frames: int = 1500      # RAM-labelled frames to check the probe on (Pong only; 0: skip)
-    batch_frames: int = 3200      # predicted frames held at once (x 28 KB as float): starts per batch = this // horizon
-    ssim: bool = True             # SSIM per step (scikit-image; the run's closing summary skips it)
-    fps: int = 15                 # video frame rate (Pong runs at 15 agent steps a second)
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    ae: AEConfig = field(default_factory=AEConfig)
-    pred: PredConfig = field(default_factory=PredConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
-
-    def lr(self, phase: str) -> float:
-        """The peak learning rate of a phase: optim.lr when set, else ae.lr / pred.lr."""
-        return self.optim.lr if self.optim.lr is not None else getattr(self, phase).lr
-
-    def check(self) -> "Config":
-        """Inconsistent combinations are errors before anything runs."""
-        d, t = self.data, self.train
-        if d.source == "ale" and d.val_seed == d.seed:
-            raise UsageError("data.val_seed must differ from data.seed: held-out episodes are never training episodes")
-        if self.model.context < 2:
-            raise UsageError(f"model.context must be >= 2 (the predictor reads velocities), got {self.model.context}")
-        for name, v in [("model.context", self.model.context), ("ae.steps", self.ae.steps), ("pred.steps", self.pred.steps),
-                        ("pred.unroll", self.pred.unroll), ("data.train_steps", d.train_steps),
-                        ("data.val_steps", d.val_steps), ("ae.batch_size", self.ae.batch_size),
-                        ("pred.batch_size", self.pred.batch_size), ("eval.val_every", self.eval.val_every),
-                        ("eval.log_every", self.eval.log_every), ("eval.val_frames", self.eval.val_frames),
-                        ("eval.fps", self.eval.fps), *((f"heldout.{k}", getattr(self.heldout, k)) for k in
-                        ("steps", "horizon", "starts", "long_horizon", "dream_steps", "dreams", "fps", "batch_frames"))]:
-            if v < 1:
-                raise UsageError(f"{name} must be >= 1, got {v}")
-        for k in ("fg_weight", "bright_weight", "peak_weight", "margin_weight", "margin", "returned_ball_weight",
-                  "coord_weight", "presence_weight"):
-            if getattr(self.ae, k) < 0:
-                raise UsageError(f"ae.{k} must be >= 0, got {getattr(self.ae, k)}")
-        for k in ("ball_weight", "ball_delta", "global_weight", "noise_px", "noise_global", "unknown_past_prob"):
-            if getattr(self.pred, k) < 0 or (k == "ball_delta" and self.pred.ball_delta == 0):
-                raise UsageError(f"pred.{k} must be {'> 0' if k == 'ball_delta' else '>= 0'}, got {getattr(self.pred, k)}")
-        for k in ("width", "global_width"):
-            if getattr(self.model, k) % 8 or getattr(self.model, k) < 8:
-                raise UsageError(f"model.{k} must be a positive multiple of 8 (GroupNorm uses 8 groups), "
-                                 f"got {getattr(self.model, k)}")
-        if self.model.latent_dim <= NC:
-            raise UsageError(f"model.latent_dim must exceed the {NC} object coordinates, got {self.model.latent_dim}")
-        if d.game != "Pong":
-            raise UsageError(f"data.game={d.game}: the latent holds Pong's objects, found by data/probe.py; other "
-                             f"games can be recorded (python -m data.d4rl_frames --game {d.game}) but not trained yet")
-        for name, v, allowed in [("ae.schedule", self.ae.schedule, SCHEDULES), ("pred.schedule", self.pred.schedule, SCHEDULES),
-                                 ("ae.loss", self.ae.loss, LOSSES), ("pred.loss", self.pred.loss, LOSSES),
-                                 ("train.precision", t.precision, ("fp32", "bf16", "fp16")),
-                                 ("train.device", t.device, ("auto", "cpu", "cuda", "mps")),
-                                 ("experiment.wandb.mode", self.experiment.wandb.mode, ("disabled", "offline", "online"))]:
-            if v not in allowed:
-                raise UsageError(f"{name}={v!r} is not one of {', '.join(allowed)}")
-        if not 0 < d.val_fraction < 1:
-            raise UsageError(f"data.val_fraction must lie in (0, 1), got {d.val_fraction}")
-        if d.num_workers < 0:
-            raise UsageError(f"data.num_workers must be >= 0, got {d.num_workers}")
-        if d.num_workers == 0 and (d.prefetch_factor is not None or d.persistent_workers):
-            raise UsageError("data.prefetch_factor and data.persistent_workers need data.num_workers > 0 "
-                             "(with no workers nothing loads ahead): set data.num_workers or drop them")
-        if d.source == "ale" and d.val_steps < self.model.context + self.eval.rollout_frames:
-            need = self.model.context + self.eval.rollout_frames
-            raise UsageError(f"data.val_steps={d.val_steps} is too short for a {self.eval.rollout_frames}-frame rollout "
-                             f"after {self.model.context} context frames: use >= {need}")
-        if t.cpu or t.device in ("cpu", "mps"):
-            for name, bad in [("train.precision", t.precision != "fp32"), ("train.compile", t.compile),
-                              ("data.pin_memory", d.pin_memory)]:
-                if bad:
-                    raise UsageError(f"{name} needs CUDA, but train.device={'cpu' if t.cpu else t.device}: drop it or "
-                                     f"use train.device=cuda (or auto) on a GPU")
-        return self
-
-    def check_host(self) -> "Config":
-        """What this machine must offer to train with this config (checked when training starts, never
-        when a checkpoint is loaded: a model trained on a GPU plays on a laptop)."""
-        t, dev = self.train, train_device(self)
-        if not t.cpu and t.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("train.device=cuda but torch sees no CUDA device: use train.device=auto or cpu")
-        if dev.type != "cuda":
-            for name, bad in [("train.precision", t.precision != "fp32"), ("train.compile", t.compile),
-                              ("data.pin_memory", self.data.pin_memory)]:
-                if bad:
-                    raise UsageError(f"{name} needs CUDA, but training runs on {dev.type}: drop it or run on a GPU")
-        return self
-
-
-LOSSES = ("mse", "huber")
-SCHEDULES = ("one_cycle", "cosine", "constant")
-
-# A few seconds end to end: the tests and the notebook's WM_SMOKE=1 mode use it.
-SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "ae.steps=40", "pred.steps=40", "model.width=16",
-                "model.hidden=64", "eval.rollout_frames=20", "eval.video_frames=20", "eval.val_every=20",
-                "eval.log_every=10", "heldout.steps=600", "heldout.horizon=20", "heldout.starts=16", "heldout.long_horizon=40",
-                "heldout.long_starts=2", "heldout.dream_steps=40", "heldout.dreams=2", "heldout.videos=1",
-                "heldout.video_steps=40", "heldout.probe_frames=200")
-
-
-def make_config(overrides: list[str] | None = None, yaml_path: str | None = None, base: Config | None = None) -> Config:
-    """Config from defaults (or `base`), then a YAML file, then `a.b=value` overrides; typos and wrong types raise."""
-    try:
-        cfg = OmegaConf.structured(base or Config())
-        if yaml_path:
-            if not Path(yaml_path).is_file():
-                raise UsageError(f"config file {yaml_path} not found")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(yaml_path))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise UsageError(f"override {bad[0]!r} is not of the form key=value (e.g. ae.steps=1000)")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        return OmegaConf.to_object(cfg).check()
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        where = f" at {key}" if key else ""
-        raise UsageError(f"bad config{where}: {str(e).splitlines()[0]} (the fields and types are in Config, "
-                         f"world_model.py)") from None
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
 
 @contextlib.contextmanager
 def one_thread(on: bool = True):
@@ -328,16 +62,12 @@ def one_thread(on: bool = True):
         torch.set_num_threads(n)
 
 
-def train_device(cfg: Config) -> torch.device:
-    return pick_device("cpu" if cfg.train.cpu else cfg.train.device)
-
 # ------------------------------------------------------------------------------------ models
 
 # The latent's head holds Pong's objects as coordinates in pixels (the probe's units, data/probe.py):
 # ball x, y and presence (a logit), the player's and the opponent's paddle top and bottom edges.
 # The rest of the latent (G = latent_dim - 7 dims) is a global code: score, walls, anything else.
 BX, BY, BP, PT, PB, OT, OB = range(7)
-NC = 7
 POS = [BX, BY, PT, PB, OT, OB]             # the positional dims
 FIELD = (PLAYFIELD[0] - 0.5, PLAYFIELD[1] - 0.5)   # the playfield's edges: rows 14..76 span [13.5, 76.5]
 CENTRE = (42.0, 45.0)                      # where an absent ball's coordinates are put (the field's middle)
@@ -1515,10 +1245,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
-        ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="overrides: dot-notation keys of Config, e.g. ae.steps=1000 data.game=Pong. "
+        ap = Parser(description=__doc__.split("\n")[0],
+                                     epilog="overrides: dot-notation keys of Config (config.py), e.g. ae.steps=1000; "
+                                     "--show-config lists every field with its default, allowed values and meaning. "
                                      "Other commands: python world_model.py eval --help, python world_model.py play --help")
         ap.add_argument("--config", help="YAML file merged into the defaults before the overrides")
+        ap.add_argument("--show-config", action="store_true",
+                        help="print the resolved config (defaults, --config, overrides) as YAML and exit")
         ap.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint")
         ap.add_argument("overrides", nargs="*", help="key=value pairs")
         args = ap.parse_args(argv)
@@ -1526,6 +1259,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.overrides or args.config:
                 raise UsageError("--resume takes no --config or overrides: a run continues with its own resolved_config.yaml")
             train_and_evaluate(make_config(), resume=args.resume)
+        elif args.show_config:
+            print(show_config(make_config(args.overrides, args.config)))
         else:
             train_and_evaluate(make_config(args.overrides, args.config))
     except UsageError as e:

@@ -1,4 +1,5 @@
 """Frame sources for the world model (see data/d4rl_frames.py), and the errors users can fix."""
+import argparse
 
 
 class UsageError(ValueError):
@@ -8,3 +9,10 @@ class UsageError(ValueError):
 
 class MissingInput(UsageError, FileNotFoundError):
     """A file or folder the user named (or the command needs) is not there."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose own errors (a bad option, a missing value) are one line and exit 2, like a UsageError."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")

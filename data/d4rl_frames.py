@@ -19,8 +19,9 @@ streams never interleave; loading orders shards by (worker, chunk) and numbers e
 0, 1, ... The manifest gives format and version, game, env id and preprocessing, policy, seed,
 num_envs, counts (steps, episodes), whether recording completed, and per shard its worker,
 chunk, rows and for each file its name, bytes and sha256. It is rewritten atomically after every
-shard, so an interrupted recording lists only complete shards. Frames are read from disk on
-demand (DiskFrames in data/formats.py); RSS does not grow with the dataset.
+shard, so an interrupted recording lists only complete shards; shard files it does not list are
+an interrupted recording's leftovers, which a load ignores (one line says so). Frames are read
+from disk on demand (DiskFrames in data/formats.py); RSS does not grow with the dataset.
 
     python -m data.d4rl_frames --game Pong --steps 300000 --out_dir data/pong --policy tracker
 
@@ -31,6 +32,7 @@ demand (DiskFrames in data/formats.py); RSS does not grow with the dataset.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import difflib
 import functools
 import multiprocessing as mp
@@ -47,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data import MissingInput, UsageError
+from data import MissingInput, Parser, UsageError
 from data.formats import (CHECKSUM, FIELDS, FORMAT, FRAME_SHAPE, VERSION, DiskFrames, read_d4rl, read_manifest,
                           read_predecessor, read_shards, write_json, write_shard)
 
@@ -287,12 +289,21 @@ def stream_seed(seed: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
 
 
-def _record_worker(game, steps, seed, policy, worker, shard_steps, out_dir, queue, stop) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _record_worker(game, steps, seed, policy, worker, shard_steps, out_dir, queue, stop, parent) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it sets `stop`
+    # Die with the parent however it dies, kill -9 included. (Linux signals when the thread that started this
+    # process ends: record_dataset's, which waits for the workers.)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
         stream, buf = _Stream(game, stream_seed(seed, worker), policy), _buffers(min(shard_steps, steps))
         done = rows = chunk = 0
         while done < steps:
+            if os.getppid() != parent:  # the parent died before prctl took effect, or there is no prctl (macOS)
+                os._exit(1)
             b = min(rows + 500, shard_steps, rows + steps - done)
             stream.fill(buf, rows, b)
             queue.put(("progress", b - rows))
@@ -314,18 +325,29 @@ def record_dataset(game: str, steps: int, out_dir: str | Path, seed: int = 0, po
     Worker w plays its own stream (seed stream_seed(seed, w), steps / num_envs of them) and writes
     it in shards of `shard_steps` rows; the manifest is rewritten after every shard. Ctrl-C makes
     the workers write what they hold as a last shard; then KeyboardInterrupt is raised, and the
-    folder holds a valid dataset of the shards listed ("complete": false). Workers are spawned
-    (fresh interpreters), so a script calling this needs the usual `if __name__ == "__main__":`.
+    folder holds a valid dataset of the shards listed ("complete": false). Workers die with this
+    process, kill -9 included. They are spawned (fresh interpreters), so a script calling this
+    needs the usual `if __name__ == "__main__":`.
     """
+    # Every check comes before anything is created, and before ALE prints its banner (num_actions_of).
+    for name, value, low in (("steps", steps, 1), ("num_envs", num_envs, 1), ("shard_steps", shard_steps, 1),
+                             ("seed", seed, 0)):
+        if value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    there = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not there.is_dir():
+        raise UsageError(f"{there} is a file: the output must be a folder (new or empty)")
+    if there == out and any(out.iterdir()):
         raise UsageError(f"{out} is not empty: record into a new folder (datasets are never appended to)")
-    if steps < 1 or num_envs < 1 or shard_steps < 1:
-        raise UsageError(f"steps, num_envs and shard_steps must be >= 1, got {steps}, {num_envs}, {shard_steps}")
-    num_actions = num_actions_of(game)               # unknown game or policy: an error before any process starts
-    make_policy(policy, game, num_actions)
+    ale_env_id(game)
+    make_policy(policy, game, 1)
+    num_actions = num_actions_of(game)
     num_envs = min(num_envs, steps)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {out}: {e.strerror}") from None
     manifest = dict(format=FORMAT, version=VERSION, game=game, env_id=ale_env_id(game), num_actions=num_actions,
                     preprocessing={**PREPROCESSING, **ENV_SETTINGS}, policy=policy, seed=seed, num_envs=num_envs,
                     shard_steps=shard_steps, requested_steps=steps, complete=False, checksum=CHECKSUM,
@@ -336,7 +358,7 @@ def record_dataset(game: str, steps: int, out_dir: str | Path, seed: int = 0, po
     queue, stop = ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_record_worker, daemon=True,
                          args=(game, steps // num_envs + (w < steps % num_envs), seed, policy, w, shard_steps,
-                               str(out), queue, stop)) for w in range(num_envs)]
+                               str(out), queue, stop, os.getpid())) for w in range(num_envs)]
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None  # children start ignoring Ctrl-C
     try:
@@ -413,6 +435,10 @@ def load_source(spec: str, game: str | None = None, num_actions: int | None = No
                                     f"d4rl:<id> such as d4rl:pong-mixed-v4")
         manifest = read_manifest(folder)
         if manifest.get("format") == FORMAT:
+            listed = {f["file"] for s in manifest.get("shards", []) for f in s["files"].values()}
+            if stray := [p for p in folder.glob("*shard_w*.npy") if p.name not in listed]:
+                print(f"{folder}: ignoring {len(stray)} shard files its manifest does not list (leftovers of an "
+                      f"interrupted recording: they can be deleted)", file=sys.stderr)
             name = canonical_game(manifest["game"])
             frames, a = read_shards(folder, manifest, verify)
             data = FrameData(frames, a["actions"].astype(np.int64), a["episode"], a["ram"], name,
@@ -465,11 +491,12 @@ def load_d4rl(name: str) -> FrameData:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Record an Atari dataset of frames, actions and RAM into shards.")
-    ap.add_argument("--game", default="Pong")
-    ap.add_argument("--steps", type=int, default=300_000)
-    ap.add_argument("--out_dir", required=True)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = Parser(description="Record an Atari dataset of frames, actions and RAM into shards.",
+                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--game", default="Pong", help="ALE game, as in ALE/<Game>-v5")
+    ap.add_argument("--steps", type=int, default=300_000, help="agent steps (frames) in all")
+    ap.add_argument("--out_dir", required=True, default=argparse.SUPPRESS, help="a new or empty folder (required)")
+    ap.add_argument("--seed", type=int, default=0, help=">= 0; each worker plays its own stream seeded from it")
     ap.add_argument("--policy", default="random", help="random, or tracker (Pong: returns the ball)")
     ap.add_argument("--num_envs", type=int, default=2, help="environments in parallel processes")
     ap.add_argument("--shard_steps", type=int, default=10_000, help="rows per shard (per worker)")
