@@ -137,7 +137,8 @@ class WandbConfig:
 class ExperimentConfig:
     name: str = ""                # run folder suffix (runs/<timestamp>_<name>); empty: the game's name
     out_dir: str = "runs"         # run folders go here
-    assets_dir: str = "assets"    # real_vs_recon.png and pong_fake.gif go here
+    assets_dir: str = "assets"    # the README's pictures (real_vs_recon.png, pong_fake.gif, dream_strip.png)
+    refresh_assets: str = "default"  # when a run rewrites assets_dir: default (runs of the default recipe) | always | never
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -176,6 +177,11 @@ class Config:
     def lr(self, phase: str) -> float:
         """The peak learning rate of a phase: optim.lr when set, else ae.lr / pred.lr."""
         return self.optim.lr if self.optim.lr is not None else getattr(self, phase).lr
+
+    def refreshes_assets(self) -> bool:
+        """Whether this run rewrites experiment.assets_dir (every run keeps its own pictures in its folder)."""
+        mode = self.experiment.refresh_assets
+        return mode == "always" or (mode == "default" and recipe(self) == recipe(Config()))
 
     def check(self) -> "Config":
         """Every field against RULES, then the combinations that cannot work together; before anything runs."""
@@ -245,6 +251,7 @@ RULES: dict[str, object] = {
     "train.seed": _NONNEG, "train.device": ("auto", "cpu", "cuda", "mps"), "train.cpu": "bool",
     "train.precision": ("fp32", "bf16", "fp16"), "train.compile": "bool",
     "experiment.name": "name", "experiment.out_dir": "path", "experiment.assets_dir": "path",
+    "experiment.refresh_assets": ("default", "always", "never"),
     "experiment.wandb.mode": ("disabled", "offline", "online"), "experiment.wandb.project": "name",
     "experiment.wandb.entity": "optional text",
     "heldout.steps": _INT1, "heldout.seed": _NONNEG, "heldout.policy": "policy", "heldout.horizon": _INT1,
@@ -252,6 +259,15 @@ RULES: dict[str, object] = {
     "heldout.dream_steps": _INT1, "heldout.dreams": _INT1, "heldout.videos": _NONNEG, "heldout.video_steps": _INT1,
     "heldout.probe_frames": _NONNEG, "heldout.batch_frames": _INT1, "heldout.ssim": "bool", "heldout.fps": _INT1,
 }
+
+
+# What changes a run's result; the rest (where files go, which device, loader processes) does not.
+NOT_RECIPE = ("experiment", "heldout", "train.device", "train.cpu", "train.compile", "data.num_workers",
+              "data.prefetch_factor", "data.persistent_workers", "data.pin_memory")
+
+
+def recipe(cfg: Config) -> dict:
+    return {n: get(cfg, n) for n in field_names() if not any(n == k or n.startswith(k + ".") for k in NOT_RECIPE)}
 
 
 def get(cfg, name: str):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -29,7 +30,7 @@ from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
-from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, latest_checkpoint, make_config,
+from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, json_safe, make_config, which_checkpoint,
                          panels, pixel_mse, save_video, strip, to_uint8)
 
 METHODS = ("model", "copy_last", "zero_action")
@@ -500,29 +501,39 @@ def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | P
     m["times_s"] |= {"record": record_s, "total": time.perf_counter() - t0}
     if checkpoint is not None:
         m["checkpoint"] = checkpoint
-    (out_dir / "metrics.json").write_text(json.dumps(m, indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(json_safe(m), indent=1, allow_nan=False))
     return m
 
 
-def evaluate(cfg: Config, wm: WorldModel, val: FrameData, write_assets: bool = True) -> dict:
-    """The end of a training run: measure's quick mode on the held-out split, and the two assets
-    (assets/real_vs_recon.png, assets/pong_fake.gif). Returns the figures (summary.json holds them)."""
+def evaluate(cfg: Config, wm: WorldModel, val: FrameData, run_dir: str | Path | None = None) -> dict:
+    """The end of a training run: measure's quick mode on the held-out split, and the pictures
+    (real_vs_recon.png, pong_fake.gif, dream_strip.png) into <run_dir>/assets/ and, when
+    cfg.refreshes_assets(), into experiment.assets_dir. Returns the figures (summary.json holds them)."""
     m, _, _ = measure(wm, val, quick_config(cfg))
-    if write_assets:
-        write_assets_of(cfg, wm, val)
+    folders = [Path(run_dir) / "assets"] if run_dir is not None else []
+    if cfg.refreshes_assets():
+        folders.append(Path(cfg.experiment.assets_dir))
+    if folders:
+        names = write_assets_of(cfg, wm, val, folders[0])
+        for f in folders[1:]:
+            f.mkdir(parents=True, exist_ok=True)
+            for n in names:
+                shutil.copyfile(folders[0] / n, f / n)
+    m["pictures"] = [str(f) for f in folders]
     return m
 
 
-def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData) -> None:
+def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData, folder: Path) -> list[str]:
     """real_vs_recon.png: 8 held-out frames with a ball above their reconstructions; pong_fake.gif:
     an eval.rollout_frames open-loop dream from the first long-enough held-out window, with the
     actions the player took there, beside the real game; dream_strip.png: its frames t = 0, 50, 100,
     ... and the last, real above dream."""
+    folder.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(val.frames)
     has_ball = probe(frames)["ball"]
     pick = np.flatnonzero(has_ball)
     pick = pick[evenly(len(pick), 8)] if len(pick) >= 8 else np.arange(min(8, len(val)))
-    save_recon_png(frames[pick], wm.reconstruct(frames[pick]), Path(cfg.experiment.assets_dir) / "real_vs_recon.png")
+    save_recon_png(frames[pick], wm.reconstruct(frames[pick]), folder / "real_vs_recon.png")
     K, H = wm.context, cfg.eval.rollout_frames
     s = val.starts(K + H)
     if len(s) == 0:
@@ -530,11 +541,12 @@ def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData) -> None:
     s = int(s[0])
     dream = wm.rollout(frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
     real = frames[s + K:s + K + H]
-    save_video(panels([real, dream], ["real  t={t}", "dream"]), Path(cfg.experiment.assets_dir) / "pong_fake.gif",
+    save_video(panels([real, dream], ["real  t={t}", "dream"]), folder / "pong_fake.gif",
                cfg.eval.fps, mp4=False)
     pick = np.unique(np.r_[np.arange(0, H, 50), H - 1])                        # t = 0, 50, 100, 150, 199
     import imageio.v3 as iio
-    iio.imwrite(Path(cfg.experiment.assets_dir) / "dream_strip.png", strip(real[pick], dream[pick]))
+    iio.imwrite(folder / "dream_strip.png", strip(real[pick], dream[pick]))
+    return ["real_vs_recon.png", "pong_fake.gif", "dream_strip.png"]
 
 
 def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameData | None = None,
@@ -642,13 +654,17 @@ def print_summary(s: dict) -> None:
     print(f"dream             {s['dream']['dreams']} x {s['dream']['steps']} steps, random actions: ball present "
           f"{dm['model']['ball']:.0%} (real {dm['real']['ball']:.0%}), moving {dm['model']['ball_moves']:.0%}, "
           f"paddles intact {dm['model']['player_intact']:.0%} / {dm['model']['opponent_intact']:.0%}")
+    where = s.get("pictures", [])
+    kept = "" if len(where) > 1 else "  (assets/ left as it is: only the default recipe refreshes it, " \
+                                     "experiment.refresh_assets=always to force)"
+    print(f"pictures          {', '.join(where) or 'none'}{kept}")
 
 
 def main(argv: list[str]) -> int:
     """python world_model.py eval [--checkpoint PATH] [--data SOURCE] [heldout.<field>=value ...]"""
     ap = Parser(prog="world_model.py eval", description="measure a checkpoint on held-out Pong: "
                                  "open-loop rollouts vs the real game by horizon, baselines, reconstruction, dreams",
-                                 epilog="overrides: heldout.<field>=value (HeldoutConfig in world_model.py), "
+                                 epilog="overrides: heldout.<field>=value (HeldoutConfig in config.py), "
                                  "experiment.out_dir=...")
     ap.add_argument("--checkpoint", help="default: the newest runs/*/checkpoints/best.pt")
     ap.add_argument("--data", help="held-out data instead of a fresh recording: a dataset folder or d4rl:<id>; "
@@ -657,7 +673,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value pairs")
     args = ap.parse_args(argv)
     cfg = make_config(args.overrides, args.config)
-    ckpt = args.checkpoint or latest_checkpoint(cfg.experiment.out_dir, "best.pt")
+    ckpt = which_checkpoint(args.checkpoint, cfg.experiment.out_dir, "best.pt")
     data = None
     if args.data:
         from data.d4rl_frames import load_source, split_episodes

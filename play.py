@@ -20,7 +20,7 @@ import torch
 
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, make_env
-from world_model import WorldModel, latest_checkpoint, one_thread, panels, save_video, to_uint8
+from world_model import WorldModel, one_thread, panels, save_video, to_uint8, which_checkpoint
 
 # UI names -> the ALE action meaning each stands for, first match wins (Pong's paddle moves up on RIGHT).
 CONTROLS = {"Up": ("UP", "RIGHT"), "Down": ("DOWN", "LEFT"), "Stay": ("NOOP",), "Fire": ("FIRE",)}
@@ -388,7 +388,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the real game")
     ap.add_argument("--bench", action="store_true", help="print milliseconds per step instead of opening a window")
     args = ap.parse_args(argv)
-    ckpt = args.checkpoint or latest_checkpoint(args.out_dir)
+    if args.fps < 1 or args.seed < 0:
+        raise UsageError(f"--fps must be >= 1 and --seed >= 0, got {args.fps} and {args.seed}")
+    ckpt = which_checkpoint(args.checkpoint, args.out_dir, "last.pt")
     if args.bench:
         print(json.dumps(bench_play(WorldModel.load(ckpt), real=not args.no_real)))
         return 0

@@ -348,14 +348,19 @@ class WorldModel(nn.Module):
         return out
 
     def _check_actions(self, actions, name: str, n: int | None = None) -> torch.Tensor:
-        a = torch.as_tensor(np.asarray(actions))
-        if a.dim() != 1 or a.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
-            raise UsageError(f"{name} must be a 1-D integer array, got {a.dtype} {tuple(a.shape)}")
+        """A 1-D sequence of ints (list, numpy, tensor; [] is zero actions) -> long tensor; else UsageError."""
+        a = None if actions is None or isinstance(actions, (str, bytes)) else np.asarray(
+            actions.cpu() if isinstance(actions, torch.Tensor) else actions)
+        if a is not None and a.size == 0 and a.dtype.kind in "fO":
+            a = a.astype(np.int64)                                          # [] is zero actions, not float64
+        if a is None or a.ndim != 1 or a.dtype.kind not in "iu":
+            got = type(actions).__name__ if a is None else f"{a.dtype} {tuple(a.shape)}"
+            raise UsageError(f"{name} must be a 1-D sequence of integer actions, got {got}")
         if n is not None and len(a) != n:
             raise UsageError(f"{name} must hold {n} actions (those taken at context[:-1]), got {len(a)}")
         if len(a) and (a.min() < 0 or a.max() >= self.num_actions):
             raise UsageError(f"{name} must lie in [0, {self.num_actions}) for {self.game}, got [{a.min()}, {a.max()}]")
-        return a.long()
+        return torch.from_numpy(a.astype(np.int64))
 
     @torch.no_grad()
     def rollout(self, context, actions, context_actions=None) -> np.ndarray:
@@ -966,12 +971,20 @@ class Run:
 
     @classmethod
     def create(cls, cfg: Config) -> "Run":
-        """A new folder runs/<timestamp>_<name>/ holding the resolved config; never reuses a folder."""
+        """A new folder runs/<timestamp>_<name>/ holding the resolved config; never reuses a folder, even when
+        several processes start runs in the same second (mkdir is atomic: the loser takes the next suffix)."""
         name = cfg.experiment.name or cfg.data.game.lower()
-        path = Path(cfg.experiment.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
-        while path.exists():
-            path = path.with_name(path.name + "_")
-        path.mkdir(parents=True)
+        base = Path(cfg.experiment.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise UsageError(f"{base.parent} already holds 999 runs named {base.name}: use another experiment.name")
         OmegaConf.save(OmegaConf.structured(cfg), path / "resolved_config.yaml")
         return cls(cfg, path)
 
@@ -1060,7 +1073,10 @@ class Run:
             self.wandb = None
 
     def finish(self, summary: dict) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=1))
+        """summary.json, written last: its presence marks the run complete. Strict JSON (NaN -> null)."""
+        tmp = self.path / "summary.json.tmp"
+        tmp.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
+        os.replace(tmp, self.path / "summary.json")
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             self.wandb.finish()
@@ -1083,6 +1099,17 @@ def _start_wandb(cfg: Config, path: Path):
         print(f"W&B: could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); training goes on without it",
               file=sys.stderr)
         return None
+
+
+def json_safe(x):
+    """Nested dicts and lists with NaN and infinities as None: JSON that any parser reads."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _write_csv_atomic(path: Path, cols: tuple, rows: list[dict]) -> None:
@@ -1185,12 +1212,27 @@ def latest_checkpoint(out_dir: str | Path = "runs", name: str = "last.pt") -> Pa
     return found[-1]
 
 
+def which_checkpoint(given: str | None, out_dir: str | Path, name: str) -> Path:
+    """The checkpoint a command uses (given, or the newest under out_dir), announced on the first line."""
+    path = Path(given) if given else latest_checkpoint(out_dir, name)
+    if not path.is_file():
+        raise MissingInput(f"checkpoint {path} not found: give a runs/<run>/checkpoints/*.pt file")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    how = "given" if given else f"the newest {name} under {out_dir}; --checkpoint picks another"
+    print(f"checkpoint {path} (run {path.parent.parent.name}, written {when}; {how})", flush=True)
+    return path
+
+
 def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | None = None) -> dict:
     """The whole pipeline: data, both loops, held-out figures (evaluate.py's quick mode), the assets.
     `resume`: a run folder to continue."""
     from evaluate import evaluate, print_summary
     times, t0 = {}, time.perf_counter()
     ckpt = None
+    if resume is not None and (Path(resume) / "summary.json").is_file():
+        print(f"{resume} is complete (its summary.json is written): nothing to resume; evaluate it with "
+              f"python world_model.py eval --checkpoint {Path(resume) / 'checkpoints' / 'best.pt'}")
+        return json.loads((Path(resume) / "summary.json").read_text())
     if resume is not None:
         run, ckpt = Run.reopen(resume)
         cfg = run.cfg
@@ -1214,7 +1256,7 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt)
     times["predictor"] = time.perf_counter() - t
     t = time.perf_counter()
-    summary = evaluate(cfg, wm, val)
+    summary = evaluate(cfg, wm, val, run.path)
     times["eval+assets"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     summary.update(run_dir=str(run.path), times_s=times,

@@ -72,3 +72,13 @@ def test_show_config_prints_every_field_as_yaml_that_reads_back(tmp_path, capsys
     (tmp_path / "shown.yaml").write_text(text)
     assert W.make_config(yaml_path=str(tmp_path / "shown.yaml")) == W.make_config(["ae.steps=5", "optim.lr=0.01"])
     assert dataclasses.asdict(W.make_config(yaml_path=str(tmp_path / "shown.yaml")))["optim"]["lr"] == 0.01
+
+
+def test_only_the_default_recipe_refreshes_the_readmes_pictures():
+    assert W.make_config().refreshes_assets()                                   # python world_model.py
+    assert W.make_config(["experiment.out_dir=/tmp/x", "experiment.name=mine", "train.device=cpu",
+                          "data.num_workers=2", "heldout.starts=10"]).refreshes_assets()   # where, not what
+    assert not W.make_config(["ae.steps=50"]).refreshes_assets()               # a smoke run leaves assets/ alone
+    assert not W.make_config(list(W.SMALL_BUDGET)).refreshes_assets()
+    assert W.make_config(["ae.steps=50", "experiment.refresh_assets=always"]).refreshes_assets()
+    assert not W.make_config(["experiment.refresh_assets=never"]).refreshes_assets()

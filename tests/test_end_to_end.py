@@ -16,11 +16,13 @@ def test_cli_runs_the_whole_pipeline(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "held-out objects" in res.stdout and "autoencoder" in res.stdout
-    png = iio.imread(out / "assets" / "real_vs_recon.png")
-    assert png.shape[0] >= 300 and png.shape[1] >= 1200           # 8 frames, ball-visible size
-    gif = iio.imread(out / "assets" / "pong_fake.gif", index=None)
-    assert gif.shape[0] == 20                                      # rollout_frames of the small budget
     (run,) = (out / "runs").iterdir()
+    png = iio.imread(run / "assets" / "real_vs_recon.png")        # every run keeps its own pictures
+    assert png.shape[0] >= 300 and png.shape[1] >= 1200           # 8 frames, ball-visible size
+    gif = iio.imread(run / "assets" / "pong_fake.gif", index=None)
+    assert gif.shape[0] == 20                                      # rollout_frames of the small budget
+    assert not (out / "assets").exists()                           # a small run leaves the README's pictures alone
+    assert f"pictures          {run / 'assets'}" in res.stdout
     assert (run / "resolved_config.yaml").is_file() and (run / "checkpoints" / "best.pt").is_file()
     # The run folder of the README: metrics every log_every steps, a validation row (with pictures) every val_every.
     import csv
@@ -53,8 +55,10 @@ def test_notebook_executes_end_to_end(tmp_path):
     import nbformat
     nb = nbformat.read(ROOT / "train.ipynb", as_version=4)
     execute_notebook(nb, tmp_path)
-    assert (tmp_path / "assets" / "real_vs_recon.png").is_file()
-    assert iio.imread(tmp_path / "assets" / "pong_fake.gif", index=None).shape[0] == 20
+    (run,) = (r for r in (tmp_path / "runs").iterdir() if not r.name.endswith("_eval"))
+    assert (run / "assets" / "real_vs_recon.png").is_file()
+    assert iio.imread(run / "assets" / "pong_fake.gif", index=None).shape[0] == 20
+    assert not (tmp_path / "assets").exists()                      # the smoke budget is not the default recipe
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3   # frames, loss curves, recon strip

@@ -126,7 +126,7 @@ def test_training_summary_is_the_eval_commands_quick_mode(trained, tiny_cfg, val
     same data with quick_config's settings."""
     wm = trained[0]
     quick = quick_config(tiny_cfg)
-    s = evaluate(tiny_cfg, wm, val_data, write_assets=False)
+    s = evaluate(tiny_cfg, wm, val_data)
     m = evaluate_checkpoint(wm, val_data, tmp_path, quick, progress=False)
     assert s["open_loop"]["rollouts"] == m["open_loop"]["rollouts"] == min(tiny_cfg.eval.summary_starts,
                                                                           len(val_data.starts(wm.context + 30)))
@@ -177,6 +177,7 @@ def test_eval_command_writes_its_run_folder(trained, tmp_path):
     res = subprocess.run([sys.executable, "world_model.py", "eval", "--checkpoint", str(ckpt), *small,
                           f"experiment.out_dir={tmp_path}/runs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines()[0].startswith(f"checkpoint {ckpt} (run run, written ")   # says what it measures
     (out,) = (tmp_path / "runs").iterdir()
     assert out.name.endswith("_pong_eval")
     m = json.loads((out / "metrics.json").read_text())
