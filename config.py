@@ -192,9 +192,8 @@ class Config:
         d, t = self.data, self.train
         if d.source == "ale" and d.val_seed == d.seed:
             raise UsageError("data.val_seed must differ from data.seed: held-out episodes are never training episodes")
-        if d.game != "Pong":
-            raise UsageError(f"data.game={d.game}: the latent holds Pong's objects, found by data/probe.py; other "
-                             f"games can be recorded (python -m data.d4rl_frames --game {d.game}) but not trained yet")
+        if d.source == "ale" and d.game != "Pong" and "tracker" in d.policy.split("+"):
+            raise UsageError(f"data.policy={d.policy}: the tracker reads Pong's RAM; use data.policy=random for {d.game}")
         if d.num_workers == 0 and (d.prefetch_factor is not None or d.persistent_workers):
             raise UsageError("data.prefetch_factor and data.persistent_workers need data.num_workers > 0 "
                              "(with no workers nothing loads ahead): set data.num_workers or drop them")

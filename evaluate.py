@@ -103,7 +103,8 @@ def psnr(mse: np.ndarray) -> np.ndarray:
 
 
 def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool = True, chunk: int = 1024,
-                             real_probe: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                             real_probe: dict[str, np.ndarray] | None = None, objects: bool = True
+                             ) -> dict[str, np.ndarray]:
     """Per (rollout, step) figures: uint8 (S, H, 84, 84) x 2 -> dict of (S, H) arrays.
 
     mse (0..1 scale), ssim, and the probe's comparison: ball / player / opponent kept (bool),
@@ -111,6 +112,7 @@ def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool
     (pixels, NaN unless both have it).
     Chunks of frames bound the float copies (SSIM's map is float64). real_probe: probe() of the
     real frames, flattened to (S * H,), when it is at hand (several methods against the same frames).
+    objects=False (a game without a probe): mse and ssim only.
     """
     S, H = real.shape[:2]
     r, p = real.reshape(-1, 84, 84), pred.reshape(-1, 84, 84)                 # (S * H, 84, 84)
@@ -120,9 +122,11 @@ def frame_and_object_metrics(real: np.ndarray, pred: np.ndarray, with_ssim: bool
         out = {"mse": ((b.astype(np.float32) - a) ** 2).mean((1, 2)) / 255 ** 2}
         if with_ssim:
             out["ssim"] = ssim_frames(a, b)
-        pa = probe(a) if real_probe is None else {k: v[i:i + chunk] for k, v in real_probe.items()}
-        pb = probe(b)
-        parts.append(out | compare_probes(pa, pb) | {"ball_4px": ball_kept(pa, pb, 4.0)})
+        if objects:
+            pa = probe(a) if real_probe is None else {k: v[i:i + chunk] for k, v in real_probe.items()}
+            pb = probe(b)
+            out |= compare_probes(pa, pb) | {"ball_4px": ball_kept(pa, pb, 4.0)}
+        parts.append(out)
     return {k: np.concatenate([q[k] for q in parts]).reshape(S, H) for k in parts[0]}
 
 
@@ -168,6 +172,8 @@ def per_horizon(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         curves = {"mse": mse, "psnr": psnr(mse)}
         if "ssim" in m:
             curves["ssim"] = m["ssim"].mean(0)
+        if "ball" not in m:                                   # pixels only (a game without a probe)
+            return curves
         curves["ball_present_agreement"] = m["ball_presence"].mean(0)
         curves["ball_ok"] = m["ball"].mean(0)
         curves["ball_pos_err"] = np.nanmean(m["ball_err"], 0)
@@ -202,8 +208,10 @@ def plausibility(frames: np.ndarray, same_episode: np.ndarray) -> dict[str, floa
         "paddles_intact": float((intact["player"] & intact["opponent"]).mean())}
 
 
-def reconstruction_figures(frames: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+def reconstruction_figures(frames: np.ndarray, recon: np.ndarray, objects: bool = True) -> dict[str, float]:
     """Pixel MSE and object agreement of reconstructions of real uint8 (N, 84, 84) frames."""
+    if not objects:
+        return {"mse": pixel_mse(recon, frames)}
     pr = probe(frames)
     ok = compare_probes(pr, probe(recon))
     has_ball = pr["ball"]
@@ -228,7 +236,7 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     recon = np.empty_like(frames)
     for i in range(0, len(z), batch):
         recon[i:i + batch] = to_uint8(wm.ae.decode(z[i:i + batch]))
-    rec = {"frames": len(frames)} | reconstruction_figures(frames, recon)
+    rec = {"frames": len(frames)} | reconstruction_figures(frames, recon, wm.objects)
     mse = pixel_mse
     s = data.starts(K + 1)
     if len(s) == 0:
@@ -238,7 +246,7 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     idx = torch.from_numpy(s[:, None] + np.arange(K))                          # (W, K)
     pred = np.concatenate([to_uint8(wm.dream_step(wm.start(z[j]), acts[j])[1]) for j in idx.split(batch)])
     real = frames[s + K]
-    ok = object_agreement(real, pred)
+    ok = object_agreement(real, pred) if wm.objects else {}
     one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(frames[s + K - 1], real)
            } | {k: float(v.mean()) for k, v in ok.items()}
     return rec, one
@@ -263,10 +271,18 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
     both, spent = rollouts(wm, *ins, batch_frames=cfg.batch_frames, progress=progress)
     model, zero = both[:len(starts)], both[len(starts):]
     preds = {"model": model, "copy_last": np.repeat(data.frames[starts + K - 1][:, None], H, 1), "zero_action": zero}
-    real_p = probe(real.reshape(-1, 84, 84))                                  # (S * H,) each, probed once
-    per_step = {k: frame_and_object_metrics(real, v, cfg.ssim, real_probe=real_p) for k, v in preds.items()}
+    real_p = probe(real.reshape(-1, 84, 84)) if wm.objects else None        # (S * H,) each, probed once
+    per_step = {k: frame_and_object_metrics(real, v, cfg.ssim, real_probe=real_p, objects=wm.objects)
+                for k, v in preds.items()}
     curves = {k: per_horizon(v) for k, v in per_step.items()}
     ol = {"horizon": H, "rollouts": len(starts), "episodes": len(np.unique(np.asarray(data.episode)[starts]))}
+    worse = np.flatnonzero(curves["copy_last"]["mse"] < curves["model"]["mse"]) + 1
+    ol["copy_last_beats_model_mse_at"] = [int(h) for h in worse]    # worse than doing nothing, on MSE
+    ol["actions_change_prediction"] = bool((model != zero).any())
+    if not wm.objects:                                              # pixels only: no probe for this game
+        for k, c in curves.items():
+            ol[k] = {f: _at(c[f]) for f in ("mse", "psnr", "ssim") if f in c} | {"mse_mean": float(c["mse"].mean())}
+        return ol, curves, spent
     for k, ps in per_step.items():
         c, th = curves[k], tracking_horizon(ps["ball"])
         ol[k] = {f: _at(c[f]) for f in ("mse", "psnr", "ssim", "ball_ok", "player_ok", "opponent_ok") if f in c}
@@ -281,14 +297,10 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
                             "ball_tracking_horizon_median": float(np.median(tracking_horizon(cv[2.0]))),
                             "ball_tracking_horizon_mean": float(tracking_horizon(cv[2.0]).mean()),
                             "ball_tracking_horizon_median_4px": float(np.median(tracking_horizon(cv[4.0])))}
-    # Worse than doing nothing: horizons where copying the last real frame has the lower MSE.
-    worse = np.flatnonzero(curves["copy_last"]["mse"] < curves["model"]["mse"]) + 1
-    ol["copy_last_beats_model_mse_at"] = [int(h) for h in worse]
-    # ... and on the objects: horizons where copying the last frame keeps an object more often.
+    # Worse than doing nothing on the objects: horizons where copying the last frame keeps an object more often.
     ol["copy_last_beats_model_objects_at"] = {
         k: [int(h) for h in np.flatnonzero(curves["copy_last"][f"{k}_ok"] > curves["model"][f"{k}_ok"]) + 1]
         for k in ("ball", "player", "opponent")}
-    ol["actions_change_prediction"] = bool((model != zero).any())
     return ol, curves, spent
 
 
@@ -314,11 +326,13 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
     if len(ls):
         lreal = data.frames[ls[:, None] + np.arange(K, K + L)]                 # (S, L, 84, 84)
         m["long"] = {"horizon": L, "rollouts": len(ls)}
-        lreal_p = probe(lreal.reshape(-1, 84, 84))
+        lreal_p = probe(lreal.reshape(-1, 84, 84)) if wm.objects else None
         for k, v in (("model", lmodel), ("copy_last", np.repeat(data.frames[ls + K - 1][:, None], L, 1))):
-            f = frame_and_object_metrics(lreal, v, with_ssim=False, real_probe=lreal_p)
-            m["long"][k] = {"mse": _at(f["mse"].mean(0)), "ball_ok": _at(f["ball"].mean(0)),
-                            "ball_tracking_horizon_median": float(np.median(tracking_horizon(f["ball"])))}
+            f = frame_and_object_metrics(lreal, v, with_ssim=False, real_probe=lreal_p, objects=wm.objects)
+            m["long"][k] = {"mse": _at(f["mse"].mean(0))}
+            if wm.objects:
+                m["long"][k] |= {"ball_ok": _at(f["ball"].mean(0)),
+                                 "ball_tracking_horizon_median": float(np.median(tracking_horizon(f["ball"])))}
         for i in range(min(cfg.videos, len(ls)) if out_dir is not None else 0):
             n = cfg.video_steps
             video = panels([lreal[i, :n], lmodel[i, :n], difference(lreal[i, :n], lmodel[i, :n])],
@@ -332,10 +346,10 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
     same = np.ones(dream.shape[:2], bool)
     same[:, -1] = False                                                        # one dream does not follow another
     ep = np.asarray(data.episode)
-    m["dream"] = {"steps": T, "dreams": len(ds), "actions": f"uniform random, seed {cfg.seed}",
-                  "model": plausibility(dream.reshape(-1, 84, 84), same.ravel()[:-1]),
-                  "real": plausibility(data.frames[np.arange(len(data))], ep[1:] == ep[:-1])}
-    if wm.game == "Pong":
+    m["dream"] = {"steps": T, "dreams": len(ds), "actions": f"uniform random, seed {cfg.seed}"}
+    if wm.objects:   # Pong: is it still Pong? (no ground truth; another game has no probe to ask)
+        m["dream"] |= {"model": plausibility(dream.reshape(-1, 84, 84), same.ravel()[:-1]),
+                       "real": plausibility(data.frames[np.arange(len(data))], ep[1:] == ep[:-1])}
         m["dream"]["obeys"] = obeys_actions(wm, dream_in[0], dream_in[2], cfg)
     return m, single, dream
 
@@ -384,7 +398,9 @@ def measure(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path |
     worse = m["open_loop"]["copy_last_beats_model_mse_at"]
     m["warnings"] = [f"copy-last-frame beats the model on MSE at horizons {_ranges(worse)}"] if worse else []
     m["warnings"] += [f"copy-last-frame keeps the {k} more often than the model at horizons {_ranges(hs)}"
-                      for k, hs in m["open_loop"]["copy_last_beats_model_objects_at"].items() if hs]
+                      for k, hs in m["open_loop"].get("copy_last_beats_model_objects_at", {}).items() if hs]
+    if not wm.objects:
+        m["warnings"].append(f"{wm.game}: pixel figures only (object figures need a probe, which only Pong has)")
     m["times_s"] = times | {"measure": time.perf_counter() - t0}
     return m, curves, dreams
 
@@ -445,6 +461,8 @@ def plot_curves(curves: dict[str, dict[str, np.ndarray]], n: int, episodes: int,
     fig.tight_layout()
     fig.savefig(out_dir / "mse_vs_horizon.png", dpi=110)
     plt.close(fig)
+    if "ball_ok" not in curves["model"]:       # pixels only: no probe for this game
+        return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for m, (label, color, ls) in style.items():
         err = np.where(curves[m]["ball_pos_n"] >= 3, curves[m]["ball_pos_err"], np.nan)   # a mean of < 3 is noise
@@ -485,15 +503,23 @@ def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | P
     `wm` came from, recorded in metrics.json. Returns metrics.json's dict.
     """
     cfg = cfg or HeldoutConfig()
+    if not wm.objects and "tracker" in cfg.policy.split("+"):    # the tracker plays Pong only
+        cfg = replace(cfg, policy="random")
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    (out_dir / "videos").mkdir(exist_ok=True)
     recorded = data is None
     if recorded:
         data = heldout_data(wm, cfg)
     record_s = time.perf_counter() - t0
-    m, curves, _ = measure(wm, data, cfg, out_dir, progress)
+    out_dir = Path(out_dir)
+    made = not out_dir.exists()
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    (out_dir / "videos").mkdir(exist_ok=True)
+    try:
+        m, curves, _ = measure(wm, data, cfg, out_dir, progress)
+    except UsageError:
+        if made:                 # never leave an empty or half-written eval folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     m["data"] = {"frames": len(data), "episodes": len(np.unique(np.asarray(data.episode))),
                  "source": f"recorded now: seed {cfg.seed}, policy {cfg.policy}" if recorded else "given"}
     write_csv(curves, m["open_loop"]["rollouts"], out_dir / "metrics_by_horizon.csv")
@@ -507,7 +533,7 @@ def evaluate_checkpoint(wm: WorldModel, data: FrameData | None, out_dir: str | P
 
 def evaluate(cfg: Config, wm: WorldModel, val: FrameData, run_dir: str | Path | None = None) -> dict:
     """The end of a training run: measure's quick mode on the held-out split, and the pictures
-    (real_vs_recon.png, pong_fake.gif, dream_strip.png) into <run_dir>/assets/ and, when
+    (real_vs_recon.png, <game>_fake.gif, dream_strip.png) into <run_dir>/assets/ and, when
     cfg.refreshes_assets(), into experiment.assets_dir. Returns the figures (summary.json holds them)."""
     m, _, _ = measure(wm, val, quick_config(cfg))
     folders = [Path(run_dir) / "assets"] if run_dir is not None else []
@@ -524,13 +550,13 @@ def evaluate(cfg: Config, wm: WorldModel, val: FrameData, run_dir: str | Path | 
 
 
 def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData, folder: Path) -> list[str]:
-    """real_vs_recon.png: 8 held-out frames with a ball above their reconstructions; pong_fake.gif:
+    """real_vs_recon.png: 8 held-out frames with a ball above their reconstructions; <game>_fake.gif:
     an eval.rollout_frames open-loop dream from the first long-enough held-out window, with the
     actions the player took there, beside the real game; dream_strip.png: its frames t = 0, 50, 100,
     ... and the last, real above dream."""
     folder.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(val.frames)
-    has_ball = probe(frames)["ball"]
+    has_ball = probe(frames)["ball"] if wm.objects else np.zeros(len(frames), bool)
     pick = np.flatnonzero(has_ball)
     pick = pick[evenly(len(pick), 8)] if len(pick) >= 8 else np.arange(min(8, len(val)))
     save_recon_png(frames[pick], wm.reconstruct(frames[pick]), folder / "real_vs_recon.png")
@@ -541,12 +567,13 @@ def write_assets_of(cfg: Config, wm: WorldModel, val: FrameData, folder: Path) -
     s = int(s[0])
     dream = wm.rollout(frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
     real = frames[s + K:s + K + H]
-    save_video(panels([real, dream], ["real  t={t}", "dream"]), folder / "pong_fake.gif",
+    names = ["real_vs_recon.png", f"{wm.game.lower()}_fake.gif", "dream_strip.png"]
+    save_video(panels([real, dream], ["real  t={t}", "dream"]), folder / names[1],
                cfg.eval.fps, mp4=False)
     pick = np.unique(np.r_[np.arange(0, H, 50), H - 1])                        # t = 0, 50, 100, 150, 199
     import imageio.v3 as iio
     iio.imwrite(folder / "dream_strip.png", strip(real[pick], dream[pick]))
-    return ["real_vs_recon.png", "pong_fake.gif", "dream_strip.png"]
+    return names
 
 
 def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameData | None = None,
@@ -583,22 +610,44 @@ def print_eval_summary(m: dict) -> None:
     print(f"\nheld-out data     {d['frames']} frames, {d['episodes']} episodes ({d['source']})")
     print(f"open loop         {ol['rollouts']} rollouts x {ol['horizon']} steps from {ol['episodes']} episodes, "
           f"K = {m['context']} real context frames, recorded actions")
-    cols = (*METHODS, "const_velocity")
+    objects = "const_velocity" in ol                 # False: a game without a probe, pixel figures only
+    cols = (*METHODS, "const_velocity") if objects else METHODS
     print(f"{'':24s}" + "".join(f"{k:>15s}" for k in cols))
     for fig, fmt in (("mse", "{:15.5f}"), ("psnr", "{:15.2f}"), ("ssim", "{:15.3f}"), ("ball_ok", "{:15.1%}"),
                      ("player_ok", "{:15.1%}"), ("opponent_ok", "{:15.1%}")):
         for h in ol["model"].get(fig, {}):
             print(f"{fig + ' h=' + h:24s}" + "".join(fmt.format(ol[k][fig][h]) if fig in ol[k] else f"{'-':>15s}"
                                                    for k in cols))
-    for key, label in (("", "2 px"), ("_4px", "4 px")):
+    for key, label in (("", "2 px"), ("_4px", "4 px")) if objects else ():
         print(f"{'ball tracked, ' + label:24s}"
               + "".join(f"{ol[k]['ball_tracking_horizon_median' + key]:11.1f} st" for k in cols) + "   (median)")
     lg = m["long"]
-    if "rollouts" in lg:
+    if "rollouts" in lg and objects:
         label = f"{lg['horizon']}-step, {lg['rollouts']} starts"
         print(f"{label:24s}" + "".join(f"{lg[k]['ball_tracking_horizon_median']:11.1f} st" if k in lg else f"{'-':>15s}"
                                        for k in cols) + "   (ball tracked, median)")
     r, o = m["reconstruction"], m["one_step"]
+    if not objects:
+        print(f"reconstruction    MSE {r['mse']:.5f}  ({r['frames']} frames)")
+        if o.get("windows"):
+            print(f"one step          MSE {o['mse']:.5f} (copy-last {o['copy_last_mse']:.5f})  ({o['windows']} windows)")
+    else:
+        _print_objects(m, r, o)
+    sp = m["speed"]
+    print(f"rollout speed     {sp['rollout_fps_batched']:.0f} frames/s batched "
+          f"({sp['batched_rollouts_at_once']} at once), "
+          f"{sp['rollout_fps_single']:.0f} frames/s single stream ({sp['device']}, {sp['torch_threads']} threads)")
+    if "probe_vs_ram" in m:
+        pv = m["probe_vs_ram"]
+        print(f"probe vs RAM      ball {pv['ball']:.2%}  player {pv['player']:.2%}  opponent {pv['opponent']:.2%}"
+              f"  ({pv['frames']} labelled frames)")
+    print(f"time              {m['times_s']['total']:.1f} s")
+    for w in m["warnings"]:
+        print(f"WARNING: {w}")
+
+
+def _print_objects(m: dict, r: dict, o: dict) -> None:
+    """Pong's object lines of the eval table: reconstruction, one step, dreams."""
     print(f"reconstruction    MSE {r['mse']:.5f}  ball {r['ball']:.1%} "
           f"(frames with a ball {r['ball_on_frames_with_ball']:.1%})"
           f"  player {r['player']:.1%}  opponent {r['opponent']:.1%}  ({r['frames']} frames)")
@@ -617,17 +666,6 @@ def print_eval_summary(m: dict) -> None:
         print(f"dream obeys       only UP for {ob['steps']} steps: player paddle at the top wall in {ob['up_at_top']:.0%} "
               f"(ends at row {ob['up_end_y']:.1f}); only DOWN: at the bottom in {ob['down_at_bottom']:.0%} "
               f"(row {ob['down_end_y']:.1f})")
-    sp = m["speed"]
-    print(f"rollout speed     {sp['rollout_fps_batched']:.0f} frames/s batched "
-          f"({sp['batched_rollouts_at_once']} at once), "
-          f"{sp['rollout_fps_single']:.0f} frames/s single stream ({sp['device']}, {sp['torch_threads']} threads)")
-    if "probe_vs_ram" in m:
-        pv = m["probe_vs_ram"]
-        print(f"probe vs RAM      ball {pv['ball']:.2%}  player {pv['player']:.2%}  opponent {pv['opponent']:.2%}"
-              f"  ({pv['frames']} labelled frames)")
-    print(f"time              {m['times_s']['total']:.1f} s")
-    for w in m["warnings"]:
-        print(f"WARNING: {w}")
 
 
 def print_summary(s: dict) -> None:
@@ -639,21 +677,27 @@ def print_summary(s: dict) -> None:
     print(f"autoencoder       {t['autoencoder']:6.1f} s  held-out reconstruction MSE {r['mse']:.5f}")
     print(f"predictor         {t['predictor']:6.1f} s  held-out one-step loss {s['val_pred_1step']:.4f} (pred_loss: px, presence, code)")
     print(f"eval + assets     {t['eval+assets']:6.1f} s  total {t['total']:.1f} s")
-    print(f"held-out objects  ball {r['ball']:.1%}  (on frames with a ball {r['ball_on_frames_with_ball']:.1%})"
-          f"  player paddle {r['player']:.1%}  opponent paddle {r['opponent']:.1%}")
     H = ol["horizon"]
-    for name, label in (("model", "open loop"), ("copy_last", "copy-last-frame")):
-        o = ol[name]
-        print(f"{label:17s} {ol['rollouts']} held-out starts, kept at h=1/{H}: ball {o['ball_ok']['1']:.0%}/"
-              f"{o['ball_ok'][str(H)]:.0%}  player {o['player_ok']['1']:.0%}/{o['player_ok'][str(H)]:.0%}  "
-              f"opponent {o['opponent_ok']['1']:.0%}/{o['opponent_ok'][str(H)]:.0%}  "
-              f"ball tracked {o['ball_tracking_horizon_median']:.0f} steps (median)")
-    print(f"{'const-velocity':17s} the ball alone, kept at h=1/{H}: {ol['const_velocity']['ball_ok']['1']:.0%}/"
-          f"{ol['const_velocity']['ball_ok'][str(H)]:.0%}  ball tracked "
-          f"{ol['const_velocity']['ball_tracking_horizon_median']:.0f} steps (median)")
-    print(f"dream             {s['dream']['dreams']} x {s['dream']['steps']} steps, random actions: ball present "
-          f"{dm['model']['ball']:.0%} (real {dm['real']['ball']:.0%}), moving {dm['model']['ball_moves']:.0%}, "
-          f"paddles intact {dm['model']['player_intact']:.0%} / {dm['model']['opponent_intact']:.0%}")
+    if "const_velocity" not in ol:                   # a game without a probe: pixel figures only
+        for name, label in (("model", "open loop"), ("copy_last", "copy-last-frame")):
+            print(f"{label:17s} {ol['rollouts']} held-out starts, MSE at h=1/{H}: {ol[name]['mse']['1']:.5f}/"
+                  f"{ol[name]['mse'][str(H)]:.5f}")
+        print(f"objects           none measured: the probe knows Pong's objects only ({s['game']})")
+    else:
+        print(f"held-out objects  ball {r['ball']:.1%}  (on frames with a ball {r['ball_on_frames_with_ball']:.1%})"
+              f"  player paddle {r['player']:.1%}  opponent paddle {r['opponent']:.1%}")
+        for name, label in (("model", "open loop"), ("copy_last", "copy-last-frame")):
+            o = ol[name]
+            print(f"{label:17s} {ol['rollouts']} held-out starts, kept at h=1/{H}: ball {o['ball_ok']['1']:.0%}/"
+                  f"{o['ball_ok'][str(H)]:.0%}  player {o['player_ok']['1']:.0%}/{o['player_ok'][str(H)]:.0%}  "
+                  f"opponent {o['opponent_ok']['1']:.0%}/{o['opponent_ok'][str(H)]:.0%}  "
+                  f"ball tracked {o['ball_tracking_horizon_median']:.0f} steps (median)")
+        print(f"{'const-velocity':17s} the ball alone, kept at h=1/{H}: {ol['const_velocity']['ball_ok']['1']:.0%}/"
+              f"{ol['const_velocity']['ball_ok'][str(H)]:.0%}  ball tracked "
+              f"{ol['const_velocity']['ball_tracking_horizon_median']:.0f} steps (median)")
+        print(f"dream             {s['dream']['dreams']} x {s['dream']['steps']} steps, random actions: ball present "
+              f"{dm['model']['ball']:.0%} (real {dm['real']['ball']:.0%}), moving {dm['model']['ball_moves']:.0%}, "
+              f"paddles intact {dm['model']['player_intact']:.0%} / {dm['model']['opponent_intact']:.0%}")
     where = s.get("pictures", [])
     kept = "" if len(where) > 1 else "  (assets/ left as it is: only the default recipe refreshes it, " \
                                      "experiment.refresh_assets=always to force)"

@@ -111,9 +111,10 @@ class Autoencoder(nn.Module):
 
     HEAD = 12   # channels: ball logit, dx, dy, presence logit; 4 paddle edges x (logit, dy)
 
-    def __init__(self, latent_dim: int = 128, width: int = 48, global_width: int = 16, gain: float = 10.0):
+    def __init__(self, latent_dim: int = 128, width: int = 48, global_width: int = 16, gain: float = 10.0,
+                 objects: bool = True):
         super().__init__()
-        W, self.gw, self.G = width, global_width, latent_dim - NC
+        W, self.gw, self.G, self.objects = width, global_width, latent_dim - NC, objects
         self.register_buffer("background", torch.zeros(84, 84))  # per-pixel median of training frames, 0..1
         # GroupNorm: measurably faster learning in a short budget, batch-size independent.
         self.stem = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16, W, 3, 1, 1), nn.GroupNorm(8, W), nn.GELU())
@@ -128,8 +129,9 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(
             nn.GroupNorm(8, self.gw), nn.GELU(), nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1),   # (B, gw, 21, 21)
             nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 84, 84)
-        band = torch.zeros(84, 84)
+        band = torch.zeros(84, 84) if objects else torch.ones(84, 84)
         band[:PLAYFIELD[0] - 1] = 1.0        # the score band, above the top wall: all that changes but the objects
+        # (a game without Pong's objects: the global code paints the whole frame, the coordinates stay unused)
         self.register_buffer("band", band)
         self.ball_amp = nn.Parameter(torch.tensor(0.58))                 # the ball's brightness over the background
         self.ball_half = nn.Parameter(torch.tensor([0.8, 1.0]))          # its half width and half height, pixels
@@ -169,7 +171,8 @@ class Autoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z[:, NC:]).view(-1, self.gw, 11, 11)                        # (B, gw, 11, 11)
-        return self.background + self.band * self.decoder(h).squeeze(1) + self.render(z[:, :NC])   # (B, 84, 84)
+        out = self.background + self.band * self.decoder(h).squeeze(1)          # (B, 84, 84)
+        return out + self.render(z[:, :NC]) if self.objects else out
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, 84, 84) -> reconstruction (B, 84, 84), latent (B, D)."""
@@ -326,7 +329,8 @@ class WorldModel(nn.Module):
         super().__init__()
         self.cfg, self.num_actions, self.game = cfg, num_actions, game
         m = cfg.model
-        self.ae = Autoencoder(m.latent_dim, m.width, m.global_width, m.gain)
+        self.objects = game == "Pong"     # the latent's coordinates are Pong's objects (data/probe.py); other games: pixels only
+        self.ae = Autoencoder(m.latent_dim, m.width, m.global_width, m.gain, self.objects)
         self.predictor = Predictor(m.latent_dim, m.context, num_actions, m.hidden, m.action_conditioned, m.global_proj)
 
     @property
@@ -432,7 +436,7 @@ class WorldModel(nn.Module):
             serve[gone.to(serve.device)] = self._serves(int(gone.sum()), d.gen).to(serve.device)
         wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
         nxt = torch.cat([nxt[:, :BP], on[:, None].float(), nxt[:, BP + 1:]], 1)
-        drawn = p.codes[torch.cdist(g, p.codes).argmin(1)]     # a score band seen in training: errors cannot pile up
+        drawn = p.codes[torch.cdist(g, p.codes).argmin(1)] if self.objects else g   # a score band seen in training
         frame = self.ae.decode(torch.cat([nxt[:, :BP], (16 * on[:, None].float() - 8), nxt[:, BP + 1:],
                                           drawn * p.gstd + p.gmean], 1))
         return Dream(torch.cat([d.c[:, 1:], nxt[:, None]], 1), g, serve, wait, d.gen), frame
@@ -731,6 +735,8 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
     first, best = 1, float("inf")
     if resume is not None:
         first, best = _restore(resume, "ae", wm, opt, sched) + 1, resume["best"]
+    if not wm.objects:      # no probe for this game: pixels only
+        cfg = replace(cfg, ae=replace(cfg.ae, coord_weight=0.0, presence_weight=0.0, returned_ball_weight=0.0))
     val_x = torch.from_numpy(val.frames[evenly(len(val), cfg.eval.val_frames)])
     val_labels = torch.from_numpy(object_labels(probe(val_x.numpy()))).to(dev)
     loader = frame_loader(cfg, train, first)                                   # probes the training frames once
@@ -741,7 +747,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
         with torch.no_grad():
             vloss, m = ae_loss(ae, val_x.to(dev), val_labels, cfg.ae)
         recon = to_uint8(m["recon"])                                        # what wm.reconstruct(val_x) returns
-        ok = object_agreement(val_x.numpy(), recon)
+        ok = object_agreement(val_x.numpy(), recon) if wm.objects else {}
         row = {"phase": "ae", "step": step, "val_loss": vloss.item(), "recon_coord": m["coord"].item(),
                "recon_mse": pixel_mse(recon, val_x.numpy()),
                **{f"recon_{k}": float(v.mean()) for k, v in ok.items()}}
@@ -783,7 +789,7 @@ def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> tor
 def latent_table(wm: WorldModel, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What the predictor reads of each frame's latent (..., D): coordinates (..., 7) with hard ball
     presence (0/1), and the global code (..., G), normalised by the predictor's statistics."""
-    c = z[..., :NC].clone()
+    c = z[..., :NC].clone() if wm.objects else torch.zeros_like(z[..., :NC])   # no probe, no objects: zeros
     c[..., BP] = (c[..., BP] > 0).float()
     p = wm.predictor
     return c, (z[..., NC:] - p.gmean) / p.gstd
@@ -866,7 +872,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
             nxt = to_uint8(wm.dream_step(wm.encode_context(torch.from_numpy(val.frames[w])),
                                          a_val[torch.from_numpy(w)])[1])             # teacher-forced next frames
         real = np.asarray(val.frames[vone + K])
-        ok = object_agreement(real, nxt)
+        ok = object_agreement(real, nxt) if wm.objects else {}
         row = {"phase": "pred", "step": step, "val_loss": vu, "pred_1step": v1,
                "pred_1step_mse": pixel_mse(nxt, real),
                **{f"pred_{k}": float(v.mean()) for k, v in ok.items()}}
@@ -1204,6 +1210,19 @@ def load_data(cfg: Config) -> tuple[FrameData, FrameData]:
     return split_episodes(load_source(d.source, game=d.game), d.val_fraction)
 
 
+def check_lengths(cfg: Config, val: FrameData) -> None:
+    """Before training: a held-out episode must hold the longest window the run will need of it."""
+    K, e = cfg.model.context, cfg.eval
+    need = K + max(e.rollout_frames, e.summary_horizon, cfg.pred.unroll)
+    if len(val.starts(need)) == 0:
+        longest = max((s.stop - s.start for s in val.episode_slices()), default=0)
+        fix = ("raise data.val_steps" if cfg.data.source == "ale" else
+               f"hold out more episodes (data.val_fraction={cfg.data.val_fraction}) or record longer ones")
+        raise UsageError(f"no held-out episode holds {need} frames (model.context + the longest of "
+                         f"eval.rollout_frames, eval.summary_horizon, pred.unroll); the longest has {longest}: {fix}, "
+                         f"or lower eval.rollout_frames to <= {max(longest - K, 0)}")
+
+
 def latest_checkpoint(out_dir: str | Path = "runs", name: str = "last.pt") -> Path:
     """The newest run's checkpoints/<name> under out_dir: the run the notebook or the CLI just finished."""
     found = sorted(Path(out_dir).glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
@@ -1238,6 +1257,7 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         cfg = run.cfg
     cfg.check_host()
     train, val = load_data(cfg)
+    check_lengths(cfg, val)
     if ckpt is not None and ckpt["num_actions"] != train.num_actions:
         raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
                          f"{train.game} has {train.num_actions}: a model only trains on its own game's action set")

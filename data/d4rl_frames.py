@@ -455,7 +455,7 @@ def load_source(spec: str, game: str | None = None, num_actions: int | None = No
     if game is not None and canonical_game(game) != data.game:
         raise UsageError(f"{spec} holds {data.game} ({data.num_actions} actions) but {game} "
                          f"({num_actions_of(canonical_game(game))} actions) is expected: a model fits one game and "
-                         f"its action set; choose a {game} dataset")
+                         f"its action set; choose a {game} dataset, or train on this one with data.game={data.game}")
     if num_actions is not None and num_actions != data.num_actions:
         raise UsageError(f"{spec} holds {data.game} with {data.num_actions} actions but the model has {num_actions}")
     return data

@@ -12,7 +12,7 @@ import world_model as W
     (["ae.steps=many"], "ae.steps"),
     (["data.val_seed=0"], "val_seed must differ"),
     (["model.context=1"], "model.context=1 is not allowed: must be >= 2"),
-    (["data.game=Breakout"], "other games can be recorded"),
+    (["data.game=Breakout"], "the tracker reads Pong.s RAM; use data.policy=random for Breakout"),
     (["model.global_width=12"], "model.global_width=12 is not allowed: a positive multiple of 8"),
     (["ae.steps"], "key=value"),
     (["ae.schedule=linear"], "ae.schedule='linear' is not allowed: choose one of one_cycle, cosine, constant"),

@@ -315,4 +315,4 @@ def test_trains_on_every_source_without_conversion(kind, recorded, train_data, t
     assert not set(train.episode) & set(val.episode)                # held-out episodes are whole and unseen
     assert s["train_frames"] == len(train) and s["reconstruction"]["frames"] == len(val) and len(train) + len(val) in (300, 400)
     assert W.WorldModel.load(Path(s["run_dir"]) / "checkpoints" / "last.pt").num_actions == 6
-    assert (tmp_path / "a" / "pong_fake.gif").is_file()
+    assert (Path(s["run_dir"]) / "assets" / "pong_fake.gif").is_file() and not (tmp_path / "a").exists()

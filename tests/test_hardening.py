@@ -75,3 +75,39 @@ def test_rollout_of_no_actions_is_no_frames(trained, val_data):
     for none in ([], (), np.array([], np.int64)):
         out = wm.rollout(val_data.frames[:wm.context], none)
         assert out.shape == (0, 84, 84) and out.dtype == np.uint8
+
+
+def test_another_game_trains_and_evaluates_on_pixels_alone(tmp_path, capsys):
+    """Breakout end to end: refused without data.game (the message says which), then trained with
+    it; pixel figures only, pictures named after the game, eval on random play, no empty folders."""
+    from data.d4rl_frames import record_dataset
+    src = record_dataset("Breakout", 1500, tmp_path / "breakout", num_envs=1, shard_steps=1500, progress=False)
+    runs = tmp_path / "runs"
+    common = [*W.SMALL_BUDGET, f"data.source={src}", "data.val_fraction=0.3", f"experiment.out_dir={runs}"]
+    assert W.main(common) == 2
+    assert "train on this one with data.game=Breakout" in capsys.readouterr().err
+    assert W.main([*common, "data.game=Breakout", "eval.rollout_frames=400"]) == 2       # too long: said before training
+    assert "no held-out episode holds 404 frames" in capsys.readouterr().err and not runs.exists()
+    assert W.main([*common, "data.game=Breakout"]) == 0
+    out = capsys.readouterr().out
+    assert "objects           none measured" in out and "ball" not in out
+    (run,) = runs.iterdir()
+    assert sorted(p.name for p in (run / "assets").iterdir()) == ["breakout_fake.gif", "dream_strip.png",
+                                                                  "real_vs_recon.png"]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["game"] == "Breakout" and set(s["reconstruction"]) == {"frames", "mse"}
+    assert "const_velocity" not in s["open_loop"] and "model" not in s["dream"]
+    small = [o for o in W.SMALL_BUDGET if o.startswith("heldout.")]
+    ckpt = str(run / "checkpoints" / "best.pt")
+    assert W.main(["eval", "--checkpoint", ckpt, *small, "heldout.steps=800", f"experiment.out_dir={tmp_path}/eval"]) == 0
+    (ev,) = (tmp_path / "eval").iterdir()
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["data"]["source"] == "recorded now: seed 1234, policy random"      # the tracker plays Pong only
+    assert set(m["open_loop"]["model"]) == {"mse", "psnr", "ssim", "mse_mean"}
+    assert sorted(p.name for p in (ev / "plots").iterdir()) == ["mse_vs_horizon.png"]
+    # A measurement that cannot run leaves no folder behind.
+    capsys.readouterr()
+    assert W.main(["eval", "--checkpoint", ckpt, *small, "heldout.steps=300", "heldout.horizon=500",
+                   f"experiment.out_dir={tmp_path}/eval2"]) == 2
+    assert "no held-out episode holds" in capsys.readouterr().err
+    assert not (tmp_path / "eval2").exists() or not any((tmp_path / "eval2").iterdir())

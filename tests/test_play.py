@@ -136,7 +136,7 @@ def test_notebook_play_cell_steps_on_button_presses(checkpoint):
     text = "".join(o.get("text", "") for o in outputs)
     assert "PRESSED 0 3 [2, 2, 2] True" in text                 # two clicks + one tick, all Up; the image changed
     assert "RESYNCED 4 [0, 4]" in text
-    assert iio.imread(checkpoint / "assets" / "play.gif", index=None).shape[0] == 5
+    assert iio.imread(checkpoint / "runs" / "run" / "assets" / "play.gif", index=None).shape[0] == 5
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the DISPLAY check is Linux's")
