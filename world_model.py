@@ -7,6 +7,7 @@ to the next latent; rolled out open loop it dreams the game.
     python world_model.py                                  # record frames, train both, write assets/
     python world_model.py ae.steps=800 pred.steps=3000     # dot-notation overrides of Config
     python world_model.py --config my.yaml optim.lr=3e-4   # a YAML file first, then overrides
+    python world_model.py --show-config                    # every field of Config (config.py): value, allowed, meaning
     python world_model.py data.source=data/pong            # train on a recorded dataset (python -m data.d4rl_frames)
     python world_model.py --resume runs/<run>              # continue a stopped run where it stopped
     python world_model.py eval                             # measure the newest run on fresh held-out play (evaluate.py)
