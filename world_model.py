@@ -514,6 +514,7 @@ class FrameBatches(torch.utils.data.Dataset):
 
     def __init__(self, cfg: Config, data: FrameData, probed: dict[str, np.ndarray] | None = None):
         self.cfg, self.data = cfg, data
+        self.rank, self.world = rank_world()           # here: DataLoader workers have no process group
         probed = probe(data.frames) if probed is None else probed
         self.labels = torch.from_numpy(object_labels(probed))                  # (N, 7)
         self.p = None                                          # sampling probabilities (None: uniform)
@@ -531,6 +532,8 @@ class FrameBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices(step)
+        n = len(idx) // self.world
+        idx = idx[self.rank * n:(self.rank + 1) * n]                          # this rank's share (all: one process)
         return torch.from_numpy(np.ascontiguousarray(self.data.frames[idx])), self.labels[idx]   # (B, 84, 84), (B, 7)
 
 
@@ -542,17 +545,19 @@ def frame_loader(cfg: Config, data: FrameData, first_step: int, probed: dict | N
 
 
 def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The predictor's batch of step `step`: frame indices (B, K + U) of windows inside one episode, the
     actions at them (B, K + U), in which, as at the start of a dream, a share pred.unknown_past_prob
-    of the windows do not know the actions before their last context frame (-1), and the generator
-    of the step's context noise."""
+    of the windows do not know the actions before their last context frame (-1), and the step's
+    standard-normal context noise (B, K * 6 + G): the context's positions, then its global code."""
     rng, K = step_rng(cfg, "pred", step), cfg.model.context
     w = torch.from_numpy(window_batch(starts, K + cfg.pred.unroll, cfg.pred.batch_size, rng))   # (B, K + U)
     a = actions[w]
     unknown = torch.from_numpy(rng.random((len(a), 1)) < cfg.pred.unknown_past_prob).to(a.device)
     a[:, :K - 1] = torch.where(unknown, -1, a[:, :K - 1])
-    return w, a, torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+    gen, B = torch.Generator().manual_seed(int(rng.integers(2 ** 62))), len(w)
+    noise = torch.cat([torch.randn(B, K * 6, generator=gen), torch.randn(B, cfg.model.latent_dim - NC, generator=gen)], 1)
+    return w, a, noise.to(actions.device)
 
 
 def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -652,6 +657,60 @@ class Precision:
         return norm
 
 
+def rank_world() -> tuple[int, int]:
+    """(this process's rank, number of processes): (0, 1) unless torchrun started a process group."""
+    d = torch.distributed
+    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
+
+
+def start_distributed(cfg: Config) -> bool:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, nccl with one GPU per process or gloo on
+    CPU; a rank that stops answering fails the others' collectives after DIST_TIMEOUT_S. Returns whether."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from datetime import timedelta
+    cuda = train_device(cfg).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))     # "cuda" is now this process's GPU
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    world = torch.distributed.get_world_size()
+    for phase in PHASES:
+        if getattr(cfg, phase).batch_size % world:
+            raise UsageError(f"{phase}.batch_size={getattr(cfg, phase).batch_size} does not split into {world} "
+                             f"processes: use a multiple of {world}")
+    return True
+
+
+DIST_TIMEOUT_S = 600      # longer than any validation: the other ranks wait for rank 0's in their next step
+
+
+def data_parallel(module: nn.Module, dev: torch.device, unused: bool = False) -> nn.Module:
+    """`module` wrapped in DistributedDataParallel when there are several processes (its gradients averaged
+    over them at backward), else itself."""
+    if rank_world()[1] == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                               find_unused_parameters=unused)
+
+
+def shared(x: torch.Tensor) -> torch.Tensor:
+    """The mean over the processes of a (no-grad) count, e.g. a loss's normaliser: with it, each rank's
+    loss is sum(its share) / shared(count) and the ranks' averaged gradients are the one-process ones."""
+    x = x.detach()
+    if rank_world()[1] > 1 and torch.is_grad_enabled():     # training; rank 0's validation runs without grad
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        x /= rank_world()[1]
+    return x
+
+
+def my_part(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """This rank's contiguous share of a global batch (all of it in one process)."""
+    rank, world = rank_world()
+    n = len(x) // world
+    return x[rank * n:(rank + 1) * n]
+
+
 @torch.no_grad()
 def max_pool3(x: torch.Tensor) -> torch.Tensor:
     """3x3 max filter of (B, 1, H, W) as shifted maxima: ~20x faster than max_pool2d's CPU kernel (no indices)."""
@@ -696,7 +755,7 @@ def coordinate_loss(c: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     err = F.huber_loss(c[:, POS], labels[:, POS], reduction="none", delta=1.0)         # (B, 6)
     mask = torch.ones_like(err)
     mask[:, :2] = has[:, None]
-    return (err * mask).sum() / mask.sum(), F.binary_cross_entropy_with_logits(c[:, BP], has)
+    return (err * mask).sum() / shared(mask.sum()), F.binary_cross_entropy_with_logits(c[:, BP], has)
 
 
 def ae_loss(ae: nn.Module, frames: torch.Tensor, labels: torch.Tensor, c: AEConfig,
@@ -732,7 +791,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
     ae = wm.ae
     ae.background.copy_(torch.from_numpy(_background(train.frames)))
     opt, sched = make_optimizer(cfg, "ae", ae.parameters())
-    prec, net = Precision(cfg, dev), (torch.compile(ae) if cfg.train.compile else ae)
+    prec, net = Precision(cfg, dev), data_parallel(torch.compile(ae) if cfg.train.compile else ae, dev, not wm.objects)
     first, best = 1, float("inf")
     if resume is not None:
         first, best = _restore(resume, "ae", wm, opt, sched) + 1, resume["best"]
@@ -759,9 +818,9 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
             run.image(f"ae_step{step:06d}.png", strip(val_x.numpy()[pick], recon[pick]))
         return row["val_loss"]
 
-    if first == 1:
+    if first == 1 and rank_world()[0] == 0:
         best = validate(0)
-    bar = tqdm(loader, desc="autoencoder", disable=not progress, mininterval=1.0,
+    bar = tqdm(loader, desc="autoencoder", disable=not progress or rank_world()[0] > 0, mininterval=1.0,
                initial=first - 1, total=cfg.ae.steps)
     meter = Meter()
     for step, (x, labels) in enumerate(bar, first):
@@ -797,17 +856,20 @@ def latent_table(wm: WorldModel, z: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor,
-              pc: PredConfig, noise: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+              pc: PredConfig, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Open-loop error over pc.unroll steps of windows: c (B, K + U, 7), g (B, K + U, G), actions
     (B, K + U), u (B, K + U, 4). Coordinates: Huber in pixels (the ball's x, y weigh pc.ball_weight,
     where it is present, with delta pc.ball_delta); presence: cross-entropy; global code: pc.loss. With `noise`, the context
-    is jittered first, so the predictor learns to recover from its own small errors."""
+    is jittered first (noise (B, K * 6 + G), standard normal, from predictor_batch), so the predictor
+    learns to recover from its own small errors."""
     K = p.context
     ctx, gl = c[:, :K].clone(), g[:, K - 1]
     if noise is not None:
-        ctx[:, :, POS] += pc.noise_px * torch.randn(ctx[:, :, POS].shape, generator=noise).to(ctx.device)
-        gl = gl + pc.noise_global * torch.randn(gl.shape, generator=noise).to(gl.device)
+        ctx[:, :, POS] += pc.noise_px * noise[:, :K * 6].view(-1, K, 6)
+        gl = gl + pc.noise_global * noise[:, K * 6:]
     coord = presence = glob = 0.0
+    w_ball = c[:, K:K + pc.unroll, BP] * pc.ball_weight                      # (B, U) the ball's weight where present
+    norm = shared(2 * w_ball.sum(0) + 4 * len(c))                           # (U,) the weights' sums (all ranks)
     for s in range(pc.unroll):
         nxt, gl = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
         tgt = c[:, K + s]
@@ -817,8 +879,8 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
                          / pc.ball_delta,
                          F.huber_loss(nxt[:, POS[2:]].float(), tgt[:, POS[2:]], reduction="none", delta=1.0)], 1)
         w = torch.ones_like(err)
-        w[:, :2] = tgt[:, BP:BP + 1] * pc.ball_weight
-        coord = coord + (err * w).sum() / w.sum()
+        w[:, :2] = w_ball[:, s:s + 1]
+        coord = coord + (err * w).sum() / norm[s]
         presence = presence + F.binary_cross_entropy_with_logits(nxt[:, BP].float(), tgt[:, BP])
         glob = glob + point_loss(gl.float(), g[:, K + s], pc.loss, pc.huber_delta).mean()
         fed = torch.cat([nxt[:, :BP], (nxt[:, BP:BP + 1] > 0).float(), nxt[:, BP + 1:]], 1)   # what a dream feeds back
@@ -826,6 +888,17 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     U = pc.unroll
     return (coord + presence + pc.global_weight * glob) / U, {"coord": coord / U, "presence": presence / U,
                                                               "global": glob / U}
+
+
+class Unrolled(nn.Module):
+    """pred_loss as one module call, so that DistributedDataParallel sees one forward per step."""
+
+    def __init__(self, p: nn.Module):
+        super().__init__()
+        self.p = p
+
+    def forward(self, *args):
+        return pred_loss(self.p, *args)
 
 
 def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
@@ -854,7 +927,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
                          f"frames (model.context + pred.unroll): use longer episodes or lower them")
     vwin = torch.from_numpy(vstarts[evenly(len(vstarts), 512), None] + np.arange(K + U)[None])   # (V, K + U)
     opt, sched = make_optimizer(cfg, "pred", p.parameters())
-    prec, net = Precision(cfg, dev), (torch.compile(p) if cfg.train.compile else p)
+    prec, net = Precision(cfg, dev), data_parallel(Unrolled(torch.compile(p) if cfg.train.compile else p), dev)
     first, best = 1, float("inf")
     if resume is not None:
         first, best = _restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
@@ -887,17 +960,17 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
                 run.video(f"pred_step{step:06d}", panels([val.frames[s + K:s + K + H], dream], ["real  t={t}", "dream"]))
         return vu
 
-    if first == 1:
+    if first == 1 and rank_world()[0] == 0:
         best = validate(0)
     rows = range(first, cfg.pred.steps + 1)
-    bar = tqdm(rows, desc="predictor", disable=not progress, mininterval=1.0, initial=first - 1, total=cfg.pred.steps)
+    bar = tqdm(rows, desc="predictor", disable=not progress or rank_world()[0] > 0, mininterval=1.0, initial=first - 1, total=cfg.pred.steps)
     meter = Meter()
     with one_thread(dev.type == "cpu"):
         for step in bar:
             p.train()
-            w, a, noise = predictor_batch(cfg, starts, a_train, step)                   # (B, K + U) each
+            w, a, noise = (my_part(x) for x in predictor_batch(cfg, starts, a_train, step))   # (B, K + U) ...
             with prec.autocast():
-                loss, parts = pred_loss(net, c_train[w], g_train[w], a, u_train[w], cfg.pred, noise)
+                loss, parts = net(c_train[w], g_train[w], a, u_train[w], cfg.pred, noise)
             prec.step(loss, opt, sched, cfg.pred.grad_clip)
             meter.add(len(w), loss=loss.detach(), coord=parts["coord"].detach())
             best = end_of_step(cfg, "pred", step, meter, sched, bar, run, validate, wm, opt, best)
@@ -914,7 +987,7 @@ def end_of_step(cfg: Config, phase: str, step: int, meter: "Meter", sched, bar, 
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         if run is not None:
             run.log(row)
-    if step % cfg.eval.val_every == 0 or step == steps:
+    if (step % cfg.eval.val_every == 0 or step == steps) and rank_world()[0] == 0:   # the others go on, and wait
         vloss = validate(step)
         if run is not None:
             best = run.checkpoint(wm, phase, step, opt, sched, vloss, best)
@@ -935,9 +1008,16 @@ class Meter:
         self.n, self.samples = self.n + 1, self.samples + samples
 
     def row(self, phase: str, step: int, sched) -> dict:
+        """Every rank calls it at the same steps: the losses are averaged over the processes (equal shares
+        of the global batch), the throughput summed."""
         dt = time.perf_counter() - self.t0
-        row = {"phase": phase, "step": step, **{k: float(v) / self.n for k, v in self.sums.items()},
-               "lr": sched.get_last_lr()[0], "samples_per_s": self.samples / max(dt, 1e-9)}
+        keys, world = sorted(self.sums), rank_world()[1]
+        v = torch.tensor([float(self.sums[k]) / self.n for k in keys] + [float(self.samples)], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(v)
+            v[:-1] /= world
+        row = {"phase": phase, "step": step, **dict(zip(keys, v[:-1].tolist())),
+               "lr": sched.get_last_lr()[0], "samples_per_s": v[-1].item() / max(dt, 1e-9)}
         self.__init__()
         return row
 
@@ -952,8 +1032,9 @@ def _restore(ckpt: dict, phase: str, wm: WorldModel, opt, sched) -> int:
 
 
 def _die_at(phase: str, step: int) -> None:
-    """Crash-test hook: WM_DIE_AT=ae:30 kills the process (SIGKILL, no clean-up) after that step."""
-    if os.environ.get("WM_DIE_AT") == f"{phase}:{step}":
+    """Crash-test hook: WM_DIE_AT=ae:30 kills the process (SIGKILL, no clean-up) after that step;
+    WM_DIE_AT=ae:30@1 only rank 1 of a torchrun."""
+    if os.environ.get("WM_DIE_AT") in (f"{phase}:{step}", f"{phase}:{step}@{rank_world()[0]}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 # ------------------------------------------------------------------------------------ run folder
@@ -1249,13 +1330,19 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     from evaluate import evaluate, print_summary
     times, t0 = {}, time.perf_counter()
     ckpt = None
+    main_rank = rank_world()[0] == 0                 # under torchrun only rank 0 writes and prints
     if resume is not None and (Path(resume) / "summary.json").is_file():
-        print(f"{resume} is complete (its summary.json is written): nothing to resume; evaluate it with "
-              f"python world_model.py eval --checkpoint {Path(resume) / 'checkpoints' / 'best.pt'}")
+        if main_rank:
+            print(f"{resume} is complete (its summary.json is written): nothing to resume; evaluate it with "
+                  f"python world_model.py eval --checkpoint {Path(resume) / 'checkpoints' / 'best.pt'}")
         return json.loads((Path(resume) / "summary.json").read_text())
-    if resume is not None:
+    run = None
+    if resume is not None and main_rank:
         run, ckpt = Run.reopen(resume)
         cfg = run.cfg
+    elif resume is not None:                         # the other ranks read the same checkpoint, write nothing
+        cfg = make_config(yaml_path=str(Path(resume) / "resolved_config.yaml"))
+        ckpt = read_checkpoint(Path(resume) / "checkpoints" / "last.pt")
     cfg.check_host()
     train, val = load_data(cfg)
     check_lengths(cfg, val)
@@ -1263,7 +1350,7 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
                          f"{train.game} has {train.num_actions}: a model only trains on its own game's action set")
     times["data"] = time.perf_counter() - t0
-    if ckpt is None:
+    if ckpt is None and main_rank:
         run = Run.create(cfg)
     t = time.perf_counter()
     ae_hist = []
@@ -1276,6 +1363,8 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     t = time.perf_counter()
     wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt)
     times["predictor"] = time.perf_counter() - t
+    if not main_rank:
+        return {"rank": rank_world()[0], "times_s": times}
     t = time.perf_counter()
     summary = evaluate(cfg, wm, val, run.path)
     times["eval+assets"] = time.perf_counter() - t
@@ -1318,14 +1407,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint")
         ap.add_argument("overrides", nargs="*", help="key=value pairs")
         args = ap.parse_args(argv)
+        if args.show_config:
+            print(show_config(make_config(args.overrides, args.config)))
+            return 0
+        cfg = make_config() if args.resume else make_config(args.overrides, args.config)
+        distributed = start_distributed(cfg)        # torchrun: one process per rank, same command
         if args.resume:
             if args.overrides or args.config:
                 raise UsageError("--resume takes no --config or overrides: a run continues with its own resolved_config.yaml")
-            train_and_evaluate(make_config(), resume=args.resume)
-        elif args.show_config:
-            print(show_config(make_config(args.overrides, args.config)))
+            train_and_evaluate(cfg, resume=args.resume)
         else:
-            train_and_evaluate(make_config(args.overrides, args.config))
+            train_and_evaluate(cfg)
+        if distributed:
+            torch.distributed.destroy_process_group()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
