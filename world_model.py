@@ -10,6 +10,7 @@ to the next latent; rolled out open loop it dreams the game.
     python world_model.py --show-config                    # every field of Config (config.py): value, allowed, meaning
     python world_model.py data.source=data/pong            # train on a recorded dataset (python -m data.d4rl_frames)
     python world_model.py --resume runs/<run>              # continue a stopped run where it stopped
+    torchrun --nproc_per_node=2 world_model.py [overrides]   # data parallel: each process a share of every batch
     python world_model.py eval                             # measure the newest run on fresh held-out play (evaluate.py)
     python world_model.py play                             # play inside the newest run's dream (play.py)
 
