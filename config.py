@@ -94,6 +94,8 @@ class PredConfig:
     global_weight: float = 0.1    # weight of the global code's error
     noise_px: float = 0.1         # Gaussian noise on the context's coordinates (pixels): learn to recover
     noise_global: float = 0.05    # Gaussian noise on the context's normalised global code
+    latents_on_disk_above: int = 250_000  # training sets with more frames keep their latents in files (in the run
+                                  # folder, deleted after the phase), read per batch: memory does not grow with the set
 
 
 @dataclass
@@ -242,7 +244,7 @@ RULES: dict[str, object] = {
     "pred.steps": _INT1, "pred.batch_size": _INT1, "pred.lr": _POS, "pred.schedule": SCHEDULES, "pred.loss": LOSSES,
     "pred.huber_delta": _POS, "pred.unroll": _INT1, "pred.grad_clip": _POS, "pred.unknown_past_prob": "[0, 1]",
     "pred.ball_weight": _NONNEG, "pred.ball_delta": _POS, "pred.global_weight": _NONNEG, "pred.noise_px": _NONNEG,
-    "pred.noise_global": _NONNEG,
+    "pred.noise_global": _NONNEG, "pred.latents_on_disk_above": _NONNEG,
     "optim.lr": "optional > 0", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.weight_decay": _NONNEG,
     "optim.warmup": "[0, 1)",
     "eval.val_every": _INT1, "eval.log_every": _INT1, "eval.val_frames": _INT1, "eval.video_frames": _INT1,

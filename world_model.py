@@ -29,6 +29,7 @@ import platform
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -516,12 +517,12 @@ class FrameBatches(torch.utils.data.Dataset):
     def __init__(self, cfg: Config, data: FrameData, probed: dict[str, np.ndarray] | None = None):
         self.cfg, self.data = cfg, data
         self.rank, self.world = rank_world()           # here: DataLoader workers have no process group
-        probed = probe(data.frames) if probed is None else probed
-        self.labels = torch.from_numpy(object_labels(probed))                  # (N, 7)
-        self.p = None                                          # sampling probabilities (None: uniform)
-        if cfg.ae.returned_ball_weight > 0:
+        self.labels = self.p = None                    # (N, 7) labels up front only when sampling needs them
+        if cfg.ae.returned_ball_weight > 0 or probed is not None:
+            probed = probe(data.frames) if probed is None else probed
+            self.labels = torch.from_numpy(object_labels(probed))
             w = 1 + cfg.ae.returned_ball_weight * returned_ball(probed, data.episode)
-            self.p = w / w.sum()
+            self.p = w / w.sum() if cfg.ae.returned_ball_weight > 0 else None
 
     def __len__(self) -> int:
         return self.cfg.ae.steps + 1
@@ -535,7 +536,10 @@ class FrameBatches(torch.utils.data.Dataset):
         idx = self.indices(step)
         n = len(idx) // self.world
         idx = idx[self.rank * n:(self.rank + 1) * n]                          # this rank's share (all: one process)
-        return torch.from_numpy(np.ascontiguousarray(self.data.frames[idx])), self.labels[idx]   # (B, 84, 84), (B, 7)
+        x = np.ascontiguousarray(self.data.frames[idx])                        # (B, 84, 84)
+        # The probe is per frame: labels found now equal those found up front (memory stays flat).
+        labels = self.labels[idx] if self.labels is not None else torch.from_numpy(object_labels(probe(x)))
+        return torch.from_numpy(x), labels                                     # (B, 84, 84), (B, 7)
 
 
 def frame_loader(cfg: Config, data: FrameData, first_step: int, probed: dict | None = None) -> torch.utils.data.DataLoader:
@@ -846,6 +850,74 @@ def encode_all(wm: WorldModel, frames: np.ndarray, batch_size: int = 512) -> tor
     return out
 
 
+class Latents:
+    """What the predictor reads of each frame of a set: coordinates c (7), normalised global code g (G)
+    and serve input u (4). rows(w) gathers them for frame indices w (B, L). Kept in memory, or, given a
+    folder, as float32 rows in files read per batch with os.preadv, so that memory does not grow with the
+    set (pred.latents_on_disk_above). Both give the same batches (tests/test_distributed.py)."""
+
+    def __init__(self, wm: WorldModel, data: FrameData, folder: Path | None = None, chunk: int = 8192):
+        self.wm, self.n, self.D = wm, len(data), wm.cfg.model.latent_dim
+        self.z = self.u = None
+        if folder is None:
+            self.z = encode_all(wm, data.frames)                                     # (N, D)
+        else:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self.files = [Path(folder) / "z.f32", Path(folder) / "u.f32"]
+            self.sums = torch.zeros(2, self.D - NC, dtype=torch.float64)             # the global code's moments
+            with open(self.files[0], "wb") as fh:
+                for i in range(0, self.n, chunk):
+                    z = encode_all(wm, data.frames[i:i + chunk]).cpu()
+                    self.sums += torch.stack([z[:, NC:].double().sum(0), z[:, NC:].double().pow(2).sum(0)])
+                    fh.write(z.numpy().tobytes())
+            self.fds = [os.open(self.files[0], os.O_RDONLY)]
+        # Serve inputs episode by episode (an episode's coordinates at a time), and the serves seen.
+        u, serves = [], []
+        for e in data.episode_slices():
+            c = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy()
+            ue, se = serve_inputs(c, np.asarray(data.episode[e]))
+            u.append(ue), serves.append(se)
+        self.serves = np.concatenate(serves)
+        if folder is None:
+            self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
+        else:
+            with open(self.files[1], "wb") as fh:
+                fh.writelines(x.tobytes() for x in u)
+            self.fds.append(os.open(self.files[1], os.O_RDONLY))
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation (+ 1e-3) of the global code over the set, for normalising it."""
+        if self.z is not None:
+            return self.z[:, NC:].mean(0), self.z[:, NC:].std(0) + 1e-3
+        mean = self.sums[0] / self.n
+        std = ((self.sums[1] - self.n * mean ** 2).clamp(min=0) / max(self.n - 1, 1)).sqrt()
+        return mean.float().to(self.wm.device), std.float().to(self.wm.device) + 1e-3
+
+    def rows(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frame indices w (...) -> c (..., 7), g (..., G), u (..., 4) on the model's device."""
+        c, g = latent_table(self.wm, self._z(w))
+        u = self.u[w] if self.u is not None else _read_rows(self.fds[1], w, 4).to(self.wm.device)
+        return c, g, u
+
+    def _z(self, w: torch.Tensor) -> torch.Tensor:
+        return self.z[w] if self.z is not None else _read_rows(self.fds[0], w, self.D).to(self.wm.device)
+
+    def close(self) -> None:
+        for fd in getattr(self, "fds", []):
+            os.close(fd)
+        for f in getattr(self, "files", []):
+            f.unlink(missing_ok=True)
+
+
+def _read_rows(fd: int, w: torch.Tensor, width: int) -> torch.Tensor:
+    """float32 rows w (...) of a file of rows `width` wide -> (..., width); each distinct row read once."""
+    uniq, inv = np.unique(w.reshape(-1).numpy(), return_inverse=True)
+    buf = np.empty((len(uniq), width), np.float32)
+    for j, r in enumerate(uniq):
+        os.preadv(fd, [buf[j]], int(r) * width * 4)
+    return torch.from_numpy(buf[inv].reshape(*w.shape, width))
+
+
 @torch.no_grad()
 def latent_table(wm: WorldModel, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What the predictor reads of each frame's latent (..., D): coordinates (..., 7) with hard ball
@@ -907,26 +979,37 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     """Loop 2: fit the predictor on latents of the frozen encoder, on windows that never cross an episode end."""
     torch.manual_seed(cfg.train.seed + 1)
     cfg.check_host()
-    p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
     for prm in wm.ae.parameters():
         prm.requires_grad_(False)
-    z = encode_all(wm, train.frames)                                                    # (N, D)
-    p.gmean.copy_(z[:, NC:].mean(0))
-    p.gstd.copy_(z[:, NC:].std(0) + 1e-3)
-    (c_train, g_train), (c_val, g_val) = latent_table(wm, z), latent_table(wm, encode_all(wm, val.frames))
-    del z
-    u_train, serves = serve_inputs(c_train.cpu().numpy(), np.asarray(train.episode))
-    u_val = serve_inputs(c_val.cpu().numpy(), np.asarray(val.episode))[0]
-    if len(serves):
-        p.serves = torch.from_numpy(serves).to(dev)
-    p.codes = g_train[torch.from_numpy(evenly(len(g_train), 512))].clone()
-    u_train, u_val = torch.from_numpy(u_train).to(dev), torch.from_numpy(u_val).to(dev)
+    big = len(train) > cfg.pred.latents_on_disk_above                # latents in files: memory stays flat
+    folder = Path(tempfile.mkdtemp(prefix="latents-", dir=run.path if run else None)) if big else None
+    lat = vlat = None
+    try:
+        lat, vlat = Latents(wm, train, folder and folder / "train"), Latents(wm, val, folder and folder / "val")
+        return _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
+    finally:
+        for x in (lat, vlat):
+            if x is not None:
+                x.close()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, lat: Latents, vlat: Latents,
+                     progress: bool, run: "Run | None", resume: dict | None) -> tuple[WorldModel, list[dict]]:
+    p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
+    p.gmean.copy_(lat.stats()[0])
+    p.gstd.copy_(lat.stats()[1])
+    if len(lat.serves):
+        p.serves = torch.from_numpy(lat.serves).to(dev)
+    p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
     a_train, a_val = torch.from_numpy(np.asarray(train.actions)).to(dev), torch.from_numpy(np.asarray(val.actions)).to(dev)
     starts, vstarts = train.starts(K + U), val.starts(K + U)
     if len(starts) == 0 or len(vstarts) == 0:
         raise UsageError(f"no {'training' if len(starts) == 0 else 'held-out'} episode holds {K + U} consecutive "
                          f"frames (model.context + pred.unroll): use longer episodes or lower them")
     vwin = torch.from_numpy(vstarts[evenly(len(vstarts), 512), None] + np.arange(K + U)[None])   # (V, K + U)
+    vc, vg, vu = vlat.rows(vwin)
     opt, sched = make_optimizer(cfg, "pred", p.parameters())
     prec, net = Precision(cfg, dev), data_parallel(Unrolled(torch.compile(p) if cfg.train.compile else p), dev)
     first, best = 1, float("inf")
@@ -941,14 +1024,14 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
         p.eval()
         with torch.no_grad():
             one = replace(cfg.pred, unroll=1)
-            v1 = pred_loss(p, c_val[vwin], g_val[vwin], a_val[vwin], u_val[vwin], one)[0].item()
-            vu = pred_loss(p, c_val[vwin], g_val[vwin], a_val[vwin], u_val[vwin], cfg.pred)[0].item()
+            v1 = pred_loss(p, vc, vg, a_val[vwin], vu, one)[0].item()
+            vun = pred_loss(p, vc, vg, a_val[vwin], vu, cfg.pred)[0].item()
             w = vone[:, None] + np.arange(K)[None]                                   # (8, K)
             nxt = to_uint8(wm.dream_step(wm.encode_context(torch.from_numpy(val.frames[w])),
                                          a_val[torch.from_numpy(w)])[1])             # teacher-forced next frames
         real = np.asarray(val.frames[vone + K])
         ok = object_agreement(real, nxt) if wm.objects else {}
-        row = {"phase": "pred", "step": step, "val_loss": vu, "pred_1step": v1,
+        row = {"phase": "pred", "step": step, "val_loss": vun, "pred_1step": v1,
                "pred_1step_mse": pixel_mse(nxt, real),
                **{f"pred_{k}": float(v.mean()) for k, v in ok.items()}}
         history.append(row)
@@ -959,7 +1042,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
                 s, H = int(vvid[0]), cfg.eval.video_frames
                 dream = wm.rollout(val.frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
                 run.video(f"pred_step{step:06d}", panels([val.frames[s + K:s + K + H], dream], ["real  t={t}", "dream"]))
-        return vu
+        return vun
 
     if first == 1 and rank_world()[0] == 0:
         best = validate(0)
@@ -971,7 +1054,8 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
             p.train()
             w, a, noise = (my_part(x) for x in predictor_batch(cfg, starts, a_train, step))   # (B, K + U) ...
             with prec.autocast():
-                loss, parts = net(c_train[w], g_train[w], a, u_train[w], cfg.pred, noise)
+                c, g, u = lat.rows(w)                                               # (B, K + U, ...)
+                loss, parts = net(c, g, a, u, cfg.pred, noise)
             prec.step(loss, opt, sched, cfg.pred.grad_clip)
             meter.add(len(w), loss=loss.detach(), coord=parts["coord"].detach())
             best = end_of_step(cfg, "pred", step, meter, sched, bar, run, validate, wm, opt, best)

@@ -65,3 +65,23 @@ def test_a_batch_that_does_not_split_is_refused_on_every_rank(tmp_path):
     bad = launch([*TINY, "ae.batch_size=33", f"experiment.out_dir={tmp_path}/runs"])
     assert bad.returncode != 0 and "ae.batch_size=33 does not split into 2 processes" in bad.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_latents_on_disk_give_the_batches_of_latents_in_memory(trained, train_data, tmp_path):
+    """Above pred.latents_on_disk_above frames the predictor reads its latents from files, batch by batch."""
+    import numpy as np
+
+    import world_model as W
+    wm = trained[0]
+    mem, disk = W.Latents(wm, train_data), W.Latents(wm, train_data, tmp_path / "lat")
+    try:
+        for a, b in zip(mem.stats(), disk.stats()):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(mem.serves, disk.serves)
+        w = torch.from_numpy(W.window_batch(train_data.starts(12), 12, 64, np.random.default_rng(0)))   # (64, 12)
+        for a, b in zip(mem.rows(w), disk.rows(w)):
+            assert a.shape == b.shape and torch.equal(a, b)
+        assert sorted(p.name for p in (tmp_path / "lat").iterdir()) == ["u.f32", "z.f32"]
+    finally:
+        mem.close(), disk.close()
+    assert not list((tmp_path / "lat").iterdir())                      # the files go with the phase
