@@ -1390,6 +1390,13 @@ def check_lengths(cfg: Config, val: FrameData) -> None:
                          f"or lower eval.rollout_frames to <= {max(longest - K, 0)}")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB): read at each phase's end, it bounds that phase."""
+    import resource
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)      # macOS reports bytes, Linux KB
+
+
 def latest_checkpoint(out_dir: str | Path = "runs", name: str = "last.pt") -> Path:
     """The newest run's checkpoints/<name> under out_dir: the run the notebook or the CLI just finished."""
     found = sorted(Path(out_dir).glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
@@ -1445,16 +1452,19 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     else:
         wm = WorldModel.from_checkpoint(ckpt).to(train_device(cfg))
     times["autoencoder"] = time.perf_counter() - t
+    peak = {"autoencoder": peak_rss_mb()}
     t = time.perf_counter()
     wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt)
     times["predictor"] = time.perf_counter() - t
+    peak["predictor"] = peak_rss_mb()
     if not main_rank:
         return {"rank": rank_world()[0], "times_s": times}
     t = time.perf_counter()
     summary = evaluate(cfg, wm, val, run.path)
     times["eval+assets"] = time.perf_counter() - t
+    peak["eval+assets"] = peak_rss_mb()
     times["total"] = time.perf_counter() - t0
-    summary.update(run_dir=str(run.path), times_s=times,
+    summary.update(run_dir=str(run.path), times_s=times, peak_rss_mb_by_phase_end=peak,
                    val_pred_1step=pred_hist[-1]["pred_1step"] if pred_hist else float("nan"),
                    train_frames=len(train), train_episodes=len(train.episode_slices()))
     run.finish(summary)
