@@ -30,12 +30,12 @@ from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
-from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, json_safe, make_config, which_checkpoint,
-                         panels, pixel_mse, save_video, strip, to_uint8)
+from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, json_safe, make_config, new_folder,
+                         panels, pixel_mse, save_video, squared_error, strip, to_uint8, which_checkpoint)
 
 METHODS = ("model", "copy_last", "zero_action")
-SUMMARY_HORIZONS = (1, 5, 10, 25, 50, 100, 200)
-REAL_FRAMES = 20_000   # the real game's dream-plausibility figures: at most this many held-out frames, from the start   # those <= the rollout's horizon go in metrics.json
+SUMMARY_HORIZONS = (1, 5, 10, 25, 50, 100, 200)   # those <= the rollout's horizon go in metrics.json
+REAL_FRAMES = 20_000   # the real game's dream-plausibility figures: at most this many held-out frames, from the start
 
 # ------------------------------------------------------------------------------------ inputs
 
@@ -216,8 +216,7 @@ def reconstruction_figures(frames: np.ndarray, recon: np.ndarray, objects: bool 
 
 def _chunk_stats(frames: np.ndarray, recon: np.ndarray, objects: bool) -> dict[str, np.ndarray | float]:
     """What reconstruction_figures needs of one chunk: summed squared error, pixels, per-frame agreement."""
-    out = {"sq": sum(float(((recon[i:i + 4096].astype(np.float32) - frames[i:i + 4096]) ** 2).sum())
-                     for i in range(0, len(frames), 4096)), "pixels": frames.size}
+    out = {"sq": squared_error(recon, frames), "pixels": frames.size}
     if objects:
         pr = probe(frames)
         out |= {"has_ball": pr["ball"], **compare_probes(pr, probe(recon))}
@@ -599,10 +598,12 @@ def eval_run(checkpoint: str | Path, out_dir: str | Path = "runs", data: FrameDa
              cfg: HeldoutConfig | None = None, progress: bool = True) -> tuple[Path, dict]:
     """`python world_model.py eval --checkpoint PATH`: runs/<timestamp>_<game>_eval/ with everything in it."""
     wm = WorldModel.load(checkpoint)
-    run_dir = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{wm.game.lower()}_eval"
-    while run_dir.exists():
-        run_dir = run_dir.with_name(run_dir.name + "_")
-    m = evaluate_checkpoint(wm, data, run_dir, cfg, progress=progress, checkpoint=str(checkpoint))
+    run_dir = new_folder(out_dir, f"{wm.game.lower()}_eval")          # made now: two evals never share one
+    try:
+        m = evaluate_checkpoint(wm, data, run_dir, cfg, progress=progress, checkpoint=str(checkpoint))
+    except UsageError:
+        shutil.rmtree(run_dir, ignore_errors=True)                      # never an empty folder left behind
+        raise
     if progress:
         print_eval_summary(m)
         print(f"run folder        {run_dir}")

@@ -314,11 +314,15 @@ def _check_frames(x, name: str, n: int | None = None) -> torch.Tensor:
     return x
 
 
-def pixel_mse(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> float:
-    """Mean squared error of two uint8 frame stacks on the 0..1 scale, in chunks (float copies of a
+def squared_error(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> float:
+    """Summed squared difference of two uint8 frame stacks (0..255 scale), in chunks (float copies of a
     30,000-frame held-out split would take 850 MB each)."""
-    total = sum(float(((a[i:i + chunk].astype(np.float32) - b[i:i + chunk]) ** 2).sum()) for i in range(0, len(a), chunk))
-    return total / max(a.size, 1) / 255 ** 2
+    return sum(float(((a[i:i + chunk].astype(np.float32) - b[i:i + chunk]) ** 2).sum()) for i in range(0, len(a), chunk))
+
+
+def pixel_mse(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> float:
+    """Mean squared error of two uint8 frame stacks on the 0..1 scale."""
+    return squared_error(a, b, chunk) / max(a.size, 1) / 255 ** 2
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -516,13 +520,14 @@ class FrameBatches(torch.utils.data.Dataset):
 
     def __init__(self, cfg: Config, data: FrameData, probed: dict[str, np.ndarray] | None = None):
         self.cfg, self.data = cfg, data
-        self.rank, self.world = rank_world()           # here: DataLoader workers have no process group
-        self.labels = self.p = None                    # (N, 7) labels up front only when sampling needs them
+        self.part = rank_world()                        # here: DataLoader workers have no process group
+        self.labels = self.p = None                    # (N, 7) labels up front only when given or sampling needs them
         if cfg.ae.returned_ball_weight > 0 or probed is not None:
             probed = probe(data.frames) if probed is None else probed
             self.labels = torch.from_numpy(object_labels(probed))
+        if cfg.ae.returned_ball_weight > 0:
             w = 1 + cfg.ae.returned_ball_weight * returned_ball(probed, data.episode)
-            self.p = w / w.sum() if cfg.ae.returned_ball_weight > 0 else None
+            self.p = w / w.sum()
 
     def __len__(self) -> int:
         return self.cfg.ae.steps + 1
@@ -533,9 +538,7 @@ class FrameBatches(torch.utils.data.Dataset):
         return np.sort(rng.integers(n, size=b) if self.p is None else rng.choice(n, size=b, p=self.p))
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.indices(step)
-        n = len(idx) // self.world
-        idx = idx[self.rank * n:(self.rank + 1) * n]                          # this rank's share (all: one process)
+        idx = my_part(self.indices(step), self.part)                           # this rank's share (all: one process)
         x = np.ascontiguousarray(self.data.frames[idx])                        # (B, 84, 84)
         # The probe is per frame: labels found now equal those found up front (memory stays flat).
         labels = self.labels[idx] if self.labels is not None else torch.from_numpy(object_labels(probe(x)))
@@ -709,9 +712,10 @@ def shared(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def my_part(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """This rank's contiguous share of a global batch (all of it in one process)."""
-    rank, world = rank_world()
+def my_part(x: torch.Tensor | np.ndarray, part: tuple[int, int] | None = None) -> torch.Tensor | np.ndarray:
+    """This rank's contiguous share of a global batch (all of it in one process); part: (rank, world)
+    when known beforehand (a DataLoader worker has no process group)."""
+    rank, world = part or rank_world()
     n = len(x) // world
     return x[rank * n:(rank + 1) * n]
 
@@ -804,7 +808,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
         cfg = replace(cfg, ae=replace(cfg.ae, coord_weight=0.0, presence_weight=0.0, returned_ball_weight=0.0))
     val_x = torch.from_numpy(val.frames[evenly(len(val), cfg.eval.val_frames)])
     val_labels = torch.from_numpy(object_labels(probe(val_x.numpy()))).to(dev)
-    loader = frame_loader(cfg, train, first)                                   # probes the training frames once
+    loader = frame_loader(cfg, train, first)                                   # labels: probed per batch
     history = []
 
     def validate(step: int) -> float:
@@ -998,8 +1002,9 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
 def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, lat: Latents, vlat: Latents,
                      progress: bool, run: "Run | None", resume: dict | None) -> tuple[WorldModel, list[dict]]:
     p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
-    p.gmean.copy_(lat.stats()[0])
-    p.gstd.copy_(lat.stats()[1])
+    mean, std = lat.stats()
+    p.gmean.copy_(mean)
+    p.gstd.copy_(std)
     if len(lat.serves):
         p.serves = torch.from_numpy(lat.serves).to(dev)
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
@@ -1146,18 +1151,7 @@ class Run:
     def create(cls, cfg: Config) -> "Run":
         """A new folder runs/<timestamp>_<name>/ holding the resolved config; never reuses a folder, even when
         several processes start runs in the same second (mkdir is atomic: the loser takes the next suffix)."""
-        name = cfg.experiment.name or cfg.data.game.lower()
-        base = Path(cfg.experiment.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
-        base.parent.mkdir(parents=True, exist_ok=True)
-        for i in range(1, 1000):
-            path = base if i == 1 else base.with_name(f"{base.name}-{i}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise UsageError(f"{base.parent} already holds 999 runs named {base.name}: use another experiment.name")
+        path = new_folder(cfg.experiment.out_dir, cfg.experiment.name or cfg.data.game.lower())
         OmegaConf.save(OmegaConf.structured(cfg), path / "resolved_config.yaml")
         return cls(cfg, path)
 
@@ -1166,16 +1160,7 @@ class Run:
         """An existing run and its last checkpoint; metric rows written after that checkpoint are dropped
         (the resumed run writes them again)."""
         path = Path(path)
-        if not (path / "resolved_config.yaml").is_file():
-            raise MissingInput(f"{path} is not a run folder (no resolved_config.yaml): give runs/<timestamp>_<game>")
-        cfg = make_config(yaml_path=str(path / "resolved_config.yaml"))
-        ckpt = read_checkpoint(path / "checkpoints" / "last.pt")
-        if "optimizer" not in ckpt:
-            raise UsageError(f"{path}/checkpoints/last.pt holds no training state: it cannot be resumed")
-        mismatch = _config_diff(asdict(cfg), ckpt["config"])
-        if mismatch:
-            raise UsageError(f"{path}/checkpoints/last.pt was written with another config ({mismatch}) than "
-                             f"{path}/resolved_config.yaml: restore the file or start a new run")
+        cfg, ckpt = cls.resumable(path)
         at = (PHASES.index(ckpt["phase"]), ckpt["step"])
         for name in ("metrics.csv", "val_metrics.csv"):
             f = path / name
@@ -1186,6 +1171,21 @@ class Run:
                 cols = cls.TRAIN_COLUMNS if name == "metrics.csv" else cls.VAL_COLUMNS
                 _write_csv_atomic(f, cols, keep)
         return cls(cfg, path), ckpt
+
+    @staticmethod
+    def resumable(path: Path) -> tuple[Config, dict]:
+        """A run folder's config and last checkpoint, checked to belong together; nothing is written."""
+        if not (path / "resolved_config.yaml").is_file():
+            raise MissingInput(f"{path} is not a run folder (no resolved_config.yaml): give runs/<timestamp>_<game>")
+        cfg = make_config(yaml_path=str(path / "resolved_config.yaml"))
+        ckpt = read_checkpoint(path / "checkpoints" / "last.pt")
+        if "optimizer" not in ckpt:
+            raise UsageError(f"{path}/checkpoints/last.pt holds no training state: it cannot be resumed")
+        mismatch = _config_diff(asdict(cfg), ckpt["config"])
+        if mismatch:
+            raise UsageError(f"{path}/checkpoints/last.pt was written with another config ({mismatch}) than "
+                             f"{path}/resolved_config.yaml: restore the file or start a new run")
+        return cfg, ckpt
 
     def _append(self, name: str, cols: tuple, row: dict) -> None:
         f = self.path / name
@@ -1253,6 +1253,21 @@ class Run:
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             self.wandb.finish()
+
+
+def new_folder(out_dir: str | Path, name: str) -> Path:
+    """out_dir/<timestamp>_<name>, made now; never an existing folder, even when several processes start in
+    the same second (mkdir is atomic: the loser takes the next suffix, -2, -3, ...)."""
+    base = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"{base.parent} already holds 999 folders named {base.name}: use another name")
 
 
 def _start_wandb(cfg: Config, path: Path):
@@ -1433,8 +1448,7 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         run, ckpt = Run.reopen(resume)
         cfg = run.cfg
     elif resume is not None:                         # the other ranks read the same checkpoint, write nothing
-        cfg = make_config(yaml_path=str(Path(resume) / "resolved_config.yaml"))
-        ckpt = read_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+        cfg, ckpt = Run.resumable(Path(resume))
     cfg.check_host()
     train, val = load_data(cfg)
     check_lengths(cfg, val)
