@@ -26,6 +26,7 @@ NC = 7                      # the latent's first NC dims are Pong's object coord
 LOSSES = ("mse", "huber")
 SCHEDULES = ("one_cycle", "cosine", "constant")
 POLICIES = ("random", "tracker")
+PHASES = ("ae", "pred")     # the two training loops, in order (a config section each)
 
 
 @dataclass

@@ -30,8 +30,9 @@ from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
-from world_model import (Config, HeldoutConfig, WorldModel, encode_all, evenly, json_safe, make_config, new_folder,
-                         panels, pixel_mse, save_video, squared_error, strip, to_uint8, which_checkpoint)
+from outputs import evenly, json_safe, new_folder, panels, save_video, strip, which_checkpoint
+from world_model import (Config, HeldoutConfig, WorldModel, encode_all, make_config, pixel_mse, squared_error,
+                         to_uint8)
 
 METHODS = ("model", "copy_last", "zero_action")
 SUMMARY_HORIZONS = (1, 5, 10, 25, 50, 100, 200)   # those <= the rollout's horizon go in metrics.json

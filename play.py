@@ -20,7 +20,9 @@ import torch
 
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, make_env
-from world_model import WorldModel, one_thread, panels, save_video, to_uint8, which_checkpoint
+from outputs import panels, save_video, which_checkpoint
+from hardware import one_thread
+from world_model import WorldModel, to_uint8
 
 # UI names -> the ALE action meaning each stands for, first match wins (Pong's paddle moves up on RIGHT).
 CONTROLS = {"Up": ("UP", "RIGHT"), "Down": ("DOWN", "LEFT"), "Stay": ("NOOP",), "Fire": ("FIRE",)}

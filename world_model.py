@@ -20,8 +20,6 @@ to the next latent; rolled out open loop it dreams the game.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import math
 import os
@@ -38,31 +36,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from config import (NC, SMALL_BUDGET, AEConfig, Config, DataConfig, EvalConfig, ExperimentConfig,  # noqa: F401
+from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, EvalConfig, ExperimentConfig,  # noqa: F401
                     HeldoutConfig, ModelConfig, OptimConfig, PredConfig, TrainConfig, WandbConfig, make_config,
                     pick_device, show_config, train_device)
-from data import MissingInput, Parser, UsageError
+from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
                         returned_ball)
-
-CHECKPOINT_FORMAT = 3   # 3: the latent holds object coordinates
-
-@contextlib.contextmanager
-def one_thread(on: bool = True):
-    """Run torch on one CPU thread inside. Small ops (the predictor's step, a batch-1 play step) are
-    too small to split: on this 2-core CPU a predictor step took 42 ms on one thread and 80 ms on
-    two; a play decode 1 ms against a median 9 ms (90th percentile 190 ms) on a busy machine."""
-    n = torch.get_num_threads()
-    if on:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
+from outputs import (Run, checkpoint_config, evenly, latest_checkpoint, panels, peak_rss_mb,  # noqa: F401 (notebook's W.*)
+                     read_checkpoint, strip, which_checkpoint, write_checkpoint)
 
 
 # ------------------------------------------------------------------------------------ models
@@ -450,14 +435,9 @@ class WorldModel(nn.Module):
 
     def save(self, path: str | Path, **extra) -> None:
         """Self-describing checkpoint, written to a temporary file and renamed (never half-written)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ckpt = dict(format=CHECKPOINT_FORMAT, config=asdict(self.cfg), num_actions=self.num_actions, game=self.game,
-                    model=self.state_dict(), versions=dict(torch=str(torch.__version__), numpy=str(np.__version__),
-                                                            python=platform.python_version()), **extra)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
+        write_checkpoint(dict(config=asdict(self.cfg), num_actions=self.num_actions, game=self.game,
+                              model=self.state_dict(), versions=dict(torch=str(torch.__version__),
+                              numpy=str(np.__version__), python=platform.python_version()), **extra), path)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, where: str = "checkpoint") -> "WorldModel":
@@ -474,30 +454,6 @@ class WorldModel(nn.Module):
         """Rebuild a model from a checkpoint alone (CPU unless told otherwise)."""
         return cls.from_checkpoint(read_checkpoint(path), f"checkpoint {path}").to(pick_device(device)).eval()
 
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's dict, loaded with weights_only=True; a missing, truncated or foreign file is a UsageError."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInput(f"checkpoint {path} not found: train one with `python world_model.py`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"checkpoint {path} is unreadable ({type(e).__name__}): is it a truncated or foreign file?") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        got = ckpt.get("format") if isinstance(ckpt, dict) else None
-        raise UsageError(f"checkpoint {path} is not a Neural-Atari Regen checkpoint of format {CHECKPOINT_FORMAT} "
-                         f"(found format {got}): retrain with this version")
-    try:
-        checkpoint_config(ckpt)
-    except (UsageError, KeyError) as e:
-        raise UsageError(f"checkpoint {path} holds a config this version cannot read ({e})") from None
-    return ckpt
-
-
-def checkpoint_config(ckpt: dict) -> Config:
-    """The Config a checkpoint was written with, checked like any other."""
-    return make_config(base=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])))
 
 # ------------------------------------------------------------------------------------ batching
 
@@ -607,8 +563,6 @@ def window_batch(starts: np.ndarray, length: int, batch_size: int, rng: np.rando
 # ------------------------------------------------------------------------------------ training loops
 
 
-PHASES = ("ae", "pred")
-
 
 def make_optimizer(cfg: Config, phase: str, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     o, pc = cfg.optim, getattr(cfg, phase)
@@ -634,90 +588,6 @@ def point_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float
     if kind == "huber":
         return F.huber_loss(pred, target, reduction="none", delta=delta)
     return (pred - target) ** 2
-
-
-class Precision:
-    """Autocast (and, for fp16, loss scaling) on CUDA; a no-op in fp32."""
-
-    def __init__(self, cfg: Config, dev: torch.device):
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
-        self.dev = dev
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
-
-    def autocast(self):
-        return torch.autocast(self.dev.type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, sched, grad_clip: float) -> float:
-        """One optimizer step; returns the gradient norm before clipping."""
-        opt.zero_grad(set_to_none=True)
-        params = [p for g in opt.param_groups for p in g["params"]]
-        if self.scaler is None:
-            loss.backward()
-            norm = nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(opt)
-            norm = nn.utils.clip_grad_norm_(params, grad_clip)
-            self.scaler.step(opt)
-            self.scaler.update()
-        sched.step()
-        return norm
-
-
-def rank_world() -> tuple[int, int]:
-    """(this process's rank, number of processes): (0, 1) unless torchrun started a process group."""
-    d = torch.distributed
-    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
-
-
-def start_distributed(cfg: Config) -> bool:
-    """Under torchrun (WORLD_SIZE > 1): join the process group, nccl with one GPU per process or gloo on
-    CPU; a rank that stops answering fails the others' collectives after DIST_TIMEOUT_S. Returns whether."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    from datetime import timedelta
-    cuda = train_device(cfg).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))     # "cuda" is now this process's GPU
-    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=DIST_TIMEOUT_S))
-    world = torch.distributed.get_world_size()
-    for phase in PHASES:
-        if getattr(cfg, phase).batch_size % world:
-            raise UsageError(f"{phase}.batch_size={getattr(cfg, phase).batch_size} does not split into {world} "
-                             f"processes: use a multiple of {world}")
-    return True
-
-
-DIST_TIMEOUT_S = 600      # longer than any validation: the other ranks wait for rank 0's in their next step
-
-
-def data_parallel(module: nn.Module, dev: torch.device, unused: bool = False) -> nn.Module:
-    """`module` wrapped in DistributedDataParallel when there are several processes (its gradients averaged
-    over them at backward), else itself."""
-    if rank_world()[1] == 1:
-        return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                               find_unused_parameters=unused)
-
-
-def shared(x: torch.Tensor) -> torch.Tensor:
-    """The mean over the processes of a (no-grad) count, e.g. a loss's normaliser: with it, each rank's
-    loss is sum(its share) / shared(count) and the ranks' averaged gradients are the one-process ones."""
-    x = x.detach()
-    if rank_world()[1] > 1 and torch.is_grad_enabled():     # training; rank 0's validation runs without grad
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        x /= rank_world()[1]
-    return x
-
-
-def my_part(x: torch.Tensor | np.ndarray, part: tuple[int, int] | None = None) -> torch.Tensor | np.ndarray:
-    """This rank's contiguous share of a global batch (all of it in one process); part: (rank, world)
-    when known beforehand (a DataLoader worker has no process group)."""
-    rank, world = part or rank_world()
-    n = len(x) // world
-    return x[rank * n:(rank + 1) * n]
 
 
 @torch.no_grad()
@@ -1127,259 +997,6 @@ def _die_at(phase: str, step: int) -> None:
     if os.environ.get("WM_DIE_AT") in (f"{phase}:{step}", f"{phase}:{step}@{rank_world()[0]}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
-# ------------------------------------------------------------------------------------ run folder
-
-
-class Run:
-    """One run folder, laid out the same every time (drawn in the README):
-
-    runs/<timestamp>_<name>/  resolved_config.yaml  metrics.csv  val_metrics.csv  summary.json
-                              images/  videos/  checkpoints/{last,best}.pt
-    """
-
-    TRAIN_COLUMNS = ("phase", "step", "loss", "mse", "coord", "lr", "samples_per_s")
-    VAL_COLUMNS = ("phase", "step", "val_loss", "recon_mse", "recon_coord", "recon_ball", "recon_player", "recon_opponent",
-                   "pred_1step", "pred_1step_mse", "pred_ball", "pred_player", "pred_opponent")
-
-    def __init__(self, cfg: Config, path: Path):
-        self.cfg, self.path = cfg, Path(path)
-        for sub in ("checkpoints", "images", "videos"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
-        self.wandb = _start_wandb(cfg, self.path)
-
-    @classmethod
-    def create(cls, cfg: Config) -> "Run":
-        """A new folder runs/<timestamp>_<name>/ holding the resolved config; never reuses a folder, even when
-        several processes start runs in the same second (mkdir is atomic: the loser takes the next suffix)."""
-        path = new_folder(cfg.experiment.out_dir, cfg.experiment.name or cfg.data.game.lower())
-        OmegaConf.save(OmegaConf.structured(cfg), path / "resolved_config.yaml")
-        return cls(cfg, path)
-
-    @classmethod
-    def reopen(cls, path: str | Path) -> tuple["Run", dict]:
-        """An existing run and its last checkpoint; metric rows written after that checkpoint are dropped
-        (the resumed run writes them again)."""
-        path = Path(path)
-        cfg, ckpt = cls.resumable(path)
-        at = (PHASES.index(ckpt["phase"]), ckpt["step"])
-        for name in ("metrics.csv", "val_metrics.csv"):
-            f = path / name
-            if f.is_file():
-                with open(f, newline="") as fh:
-                    rows = list(csv.DictReader(fh))
-                keep = [r for r in rows if (PHASES.index(r["phase"]), int(r["step"])) <= at]
-                cols = cls.TRAIN_COLUMNS if name == "metrics.csv" else cls.VAL_COLUMNS
-                _write_csv_atomic(f, cols, keep)
-        return cls(cfg, path), ckpt
-
-    @staticmethod
-    def resumable(path: Path) -> tuple[Config, dict]:
-        """A run folder's config and last checkpoint, checked to belong together; nothing is written."""
-        if not (path / "resolved_config.yaml").is_file():
-            raise MissingInput(f"{path} is not a run folder (no resolved_config.yaml): give runs/<timestamp>_<game>")
-        cfg = make_config(yaml_path=str(path / "resolved_config.yaml"))
-        ckpt = read_checkpoint(path / "checkpoints" / "last.pt")
-        if "optimizer" not in ckpt:
-            raise UsageError(f"{path}/checkpoints/last.pt holds no training state: it cannot be resumed")
-        mismatch = _config_diff(asdict(cfg), ckpt["config"])
-        if mismatch:
-            raise UsageError(f"{path}/checkpoints/last.pt was written with another config ({mismatch}) than "
-                             f"{path}/resolved_config.yaml: restore the file or start a new run")
-        return cfg, ckpt
-
-    def _append(self, name: str, cols: tuple, row: dict) -> None:
-        f = self.path / name
-        new = not f.is_file()
-        with open(f, "a", newline="") as fh:
-            w = csv.DictWriter(fh, cols, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def _global_step(self, row: dict) -> int:
-        return row["step"] + (self.cfg.ae.steps if row["phase"] == "pred" else 0)
-
-    def log(self, row: dict) -> None:
-        self._append("metrics.csv", self.TRAIN_COLUMNS, row)
-        self._wandb_log({f"{row['phase']}/train/{k}": v for k, v in row.items() if k not in ("phase", "step")}, row)
-
-    def log_val(self, row: dict) -> None:
-        self._append("val_metrics.csv", self.VAL_COLUMNS, row)
-        self._wandb_log({f"{row['phase']}/val/{k}": v for k, v in row.items() if k not in ("phase", "step")}, row)
-
-    def image(self, name: str, img: np.ndarray) -> None:
-        import imageio.v3 as iio
-        iio.imwrite(self.path / "images" / name, img)
-        if self.wandb is not None:
-            import wandb
-            self._wandb_log({f"images/{name.split('_step')[0]}": wandb.Image(str(self.path / "images" / name))})
-
-    def video(self, name: str, video: np.ndarray) -> None:
-        """uint8 (T, H, W) -> videos/<name>.gif, and .mp4 when imageio-ffmpeg is installed."""
-        gif = self.path / "videos" / f"{name}.gif"
-        save_video(video, gif, self.cfg.eval.fps)
-        if self.wandb is not None:
-            import wandb
-            self._wandb_log({f"videos/{name.split('_step')[0]}": wandb.Video(str(gif), format="gif")})
-
-    def checkpoint(self, wm: WorldModel, phase: str, step: int, opt, sched, val_loss: float, best: float) -> float:
-        """last.pt (with everything needed to resume) at every validation; best.pt when the phase's
-        validation loss improves. Returns the best validation loss so far."""
-        best = min(best, val_loss)
-        state = dict(phase=phase, step=step, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                     rng={"torch": torch.get_rng_state()}, val_loss=val_loss, best=best)
-        last = self.path / "checkpoints" / "last.pt"
-        wm.save(last, **state)
-        if val_loss <= best:  # the same bytes: copy, then rename (never a half-written best.pt)
-            tmp = last.with_name("best.pt.tmp")
-            shutil.copyfile(last, tmp)
-            os.replace(tmp, last.with_name("best.pt"))
-        return best
-
-    def _wandb_log(self, values: dict, row: dict | None = None) -> None:
-        if self.wandb is None:
-            return
-        try:
-            self.wandb.log(values, **({"step": self._global_step(row)} if row else {}))
-        except Exception as e:  # a tracker must never stop training
-            print(f"W&B: logging failed ({type(e).__name__}: {e}); training goes on without it", file=sys.stderr)
-            self.wandb = None
-
-    def finish(self, summary: dict) -> None:
-        """summary.json, written last: its presence marks the run complete. Strict JSON (NaN -> null)."""
-        tmp = self.path / "summary.json.tmp"
-        tmp.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
-        os.replace(tmp, self.path / "summary.json")
-        if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-            self.wandb.finish()
-
-
-def new_folder(out_dir: str | Path, name: str) -> Path:
-    """out_dir/<timestamp>_<name>, made now; never an existing folder, even when several processes start in
-    the same second (mkdir is atomic: the loser takes the next suffix, -2, -3, ...)."""
-    base = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 1000):
-        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise UsageError(f"{base.parent} already holds 999 folders named {base.name}: use another name")
-
-
-def _start_wandb(cfg: Config, path: Path):
-    """A W&B run when experiment.wandb.mode asks for one; if it cannot start, say so once and go on."""
-    w = cfg.experiment.wandb
-    if w.mode == "disabled":
-        return None
-    try:
-        import wandb
-    except ImportError:
-        print("W&B: the wandb package is not installed (pip install wandb); training goes on without it", file=sys.stderr)
-        return None
-    try:
-        return wandb.init(project=w.project, entity=w.entity, name=path.name, dir=str(path), mode=w.mode,
-                          config=asdict(cfg), settings=wandb.Settings(init_timeout=60, silent=True))
-    except Exception as e:
-        print(f"W&B: could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); training goes on without it",
-              file=sys.stderr)
-        return None
-
-
-def json_safe(x):
-    """Nested dicts and lists with NaN and infinities as None: JSON that any parser reads."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x.item() if isinstance(x, np.generic) else x
-
-
-def _write_csv_atomic(path: Path, cols: tuple, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> str:
-    """The first few keys whose values differ between two config dicts, as 'key: a vs b'."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            sub = _config_diff(va, vb, f"{prefix}{k}.")
-            out += [sub] if sub else []
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} vs {vb!r}")
-    return "; ".join(out[:3])
-
-# ------------------------------------------------------------------------------------ pictures
-
-
-def evenly(n: int, k: int) -> np.ndarray:
-    """Up to k indices spread evenly over range(n), first and last included, none repeated."""
-    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
-
-
-def upscale(frames: np.ndarray, s: int = 3) -> np.ndarray:
-    return frames.repeat(s, -2).repeat(s, -1)
-
-
-def panels(columns: list[np.ndarray], labels: list[str] | None = None, s: int = 3) -> np.ndarray:
-    """Frames side by side, upscaled s times, 4-px white gaps: every picture and video of the project.
-
-    Each column is uint8 (..., 84, 84) with the same leading shape (a frame, or a video (T, 84, 84))
-    -> uint8 (..., 84s, n * (84s + 4) - 4). Labels go at each panel's top left; in a video '{t}' in
-    a label becomes the frame's number from 1.
-    """
-    cols = [upscale(np.asarray(c), s) for c in columns]
-    gap = np.full(cols[0].shape[:-1] + (4,), 255, np.uint8)
-    img = np.concatenate([x for c in cols for x in (c, gap)][:-1], -1)
-    if labels:
-        from PIL import Image, ImageDraw
-        flat = img.reshape(-1, *img.shape[-2:])                                  # (T, 84s, W)
-        for t in range(len(flat)):
-            im = Image.fromarray(flat[t])
-            draw = ImageDraw.Draw(im)
-            for j, label in enumerate(labels):
-                draw.text((j * (84 * s + 4) + 4, 2), label.replace("{t}", str(t + 1)), fill=255)
-            flat[t] = np.asarray(im)
-    return img
-
-
-def strip(top: np.ndarray, bottom: np.ndarray, s: int = 3) -> np.ndarray:
-    """uint8 (N, 84, 84) x 2 -> one image: `top` frames in a row above `bottom`, 4-px white gap."""
-    a, b = panels(list(top), s=s), panels(list(bottom), s=s)
-    return np.concatenate([a, np.full((4, a.shape[1]), 255, np.uint8), b])
-
-
-def save_video(video: np.ndarray, path: str | Path, fps: int, mp4: bool = True) -> list[str]:
-    """uint8 (T, H, W) -> a GIF at `path`, and beside it an MP4 when `mp4` and imageio-ffmpeg is
-    installed (optional; padded white to 16-px blocks for H.264). Returns the names written."""
-    import imageio.v3 as iio
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, video, extension=".gif", duration=1000.0 / fps, loop=0)
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        mp4 = False
-    if not mp4:
-        return [path.name]
-    h, w = video.shape[1:3]
-    padded = np.pad(video, ((0, 0), (0, -h % 16), (0, -w % 16)), constant_values=255)
-    iio.imwrite(path.with_suffix(".mp4"), padded, extension=".mp4", fps=fps, codec="libx264", plugin="FFMPEG")
-    return [path.name, path.with_suffix(".mp4").name]
-
-
 # ------------------------------------------------------------------------------------ pipeline and command line
 
 
@@ -1403,32 +1020,6 @@ def check_lengths(cfg: Config, val: FrameData) -> None:
         raise UsageError(f"no held-out episode holds {need} frames (model.context + the longest of "
                          f"eval.rollout_frames, eval.summary_horizon, pred.unroll); the longest has {longest}: {fix}, "
                          f"or lower eval.rollout_frames to <= {max(longest - K, 0)}")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (MB): read at each phase's end, it bounds that phase."""
-    import resource
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)      # macOS reports bytes, Linux KB
-
-
-def latest_checkpoint(out_dir: str | Path = "runs", name: str = "last.pt") -> Path:
-    """The newest run's checkpoints/<name> under out_dir: the run the notebook or the CLI just finished."""
-    found = sorted(Path(out_dir).glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise MissingInput(f"no checkpoint under {out_dir}: train one first (python world_model.py)")
-    return found[-1]
-
-
-def which_checkpoint(given: str | None, out_dir: str | Path, name: str) -> Path:
-    """The checkpoint a command uses (given, or the newest under out_dir), announced on the first line."""
-    path = Path(given) if given else latest_checkpoint(out_dir, name)
-    if not path.is_file():
-        raise MissingInput(f"checkpoint {path} not found: give a runs/<run>/checkpoints/*.pt file")
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
-    how = "given" if given else f"the newest {name} under {out_dir}; --checkpoint picks another"
-    print(f"checkpoint {path} (run {path.parent.parent.name}, written {when}; {how})", flush=True)
-    return path
 
 
 def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | None = None) -> dict:
