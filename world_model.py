@@ -255,7 +255,8 @@ def onto_field(c: torch.Tensor) -> torch.Tensor:
     the field; a paddle is 6-13 rows, or shorter where a wall cuts it, or hidden above the top wall
     (a short one away from the walls becomes 7 rows about its centre; within 3.5 rows of a wall it
     reaches the wall; one with no rows left hides above the top wall, or in the bottom half stays a
-    2-row stub at the bottom wall); the ball stays between the walls."""
+    2-row stub at the bottom wall; the player's keeps >= 2 rows at the top wall); the ball stays
+    between the walls."""
     lo, hi = FIELD
     out = [c[:, BX].clamp(-2, 86), c[:, BY].clamp(lo, hi), c[:, BP]]
     for t, b in ((PT, PB), (OT, OB)):
@@ -267,11 +268,14 @@ def onto_field(c: torch.Tensor) -> torch.Tensor:
                           torch.where(short & ~near_bot, (mid - 3.5).clamp(lo, hi), top))
         bot = torch.where(short & near_bot, torch.full_like(bot, hi),
                           torch.where(short & ~near_top, (mid + 3.5).clamp(lo, hi), bot))
-        # No rows left: hidden above the top wall (as real paddles hide) in the top half, else a 2-row stub
-        # at the bottom wall (a real paddle never hides there).
+        # No rows left: hidden above the top wall (as the opponent's paddle hides) in the top half, else a
+        # 2-row stub at the bottom wall (a real paddle never hides there). The player's paddle never hides:
+        # at the top wall it keeps >= 2 rows (as in every recorded frame; a dream fed only UP ends there).
         gone, up = bot - top < 0.5, mid < (lo + hi) / 2
         top = torch.where(gone, torch.where(up, torch.full_like(top, lo), torch.full_like(top, hi - 2)), top)
         bot = torch.where(gone, torch.where(up, torch.full_like(bot, lo), torch.full_like(bot, hi)), bot)
+        if t == PT:
+            bot = torch.where(top <= lo + 0.5, bot.clamp(min=lo + 2), bot)
         out += [top, bot]
     return torch.stack(out, 1)
 
