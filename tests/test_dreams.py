@@ -41,6 +41,26 @@ def test_the_dream_obeys_up_and_down(learned, val_data):
     assert np.nanmin(down) >= np.nanmax(up) + 20                          # far below it
 
 
+def test_onto_field_keeps_the_players_paddle_and_hides_only_the_opponents(learned, val_data):
+    lo, hi = W.FIELD
+    c = torch.zeros(3, 7)
+    c[:, W.BX], c[:, W.BY] = 40.0, 45.0
+    c[0, [W.PT, W.PB]] = torch.tensor([lo - 9, lo - 9])     # both paddles: no rows left, above the top wall
+    c[0, [W.OT, W.OB]] = torch.tensor([lo - 9, lo - 9])
+    c[1, [W.PT, W.PB, W.OT, W.OB]] = torch.tensor([lo, lo + 1, lo, lo + 1])   # 1-row stubs at the top wall
+    c[2, [W.PT, W.PB, W.OT, W.OB]] = torch.tensor([hi + 5, hi + 6, hi + 5, hi + 6])   # below the bottom wall
+    out = W.onto_field(c)
+    assert torch.equal(out[:2, W.PT], torch.full((2,), lo)) and (out[:2, W.PB] >= lo + 2).all()   # the player: 2 rows
+    assert out[0, W.OT] == out[0, W.OB] == lo                                # the opponent hides, as it does in Pong
+    wm, _ = learned
+    z = W.encode_all(wm, val_data.frames[:3])                                # a real frame's global code
+    z[:, :W.NC] = out
+    with torch.no_grad():
+        p = probe(W.to_uint8(wm.ae.decode(z)))
+    assert p["player"].all() and p["player_y"][0] < 16 and p["player_y"][2] > hi - 3   # seen, at its wall
+    assert not p["opponent"][0] and p["opponent"][2]
+
+
 def test_the_ball_moves_in_a_short_dream(learned, val_data):
     wm, _ = learned
     K = wm.context
