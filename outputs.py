@@ -30,7 +30,7 @@ from data import MissingInput, UsageError
 if TYPE_CHECKING:
     from world_model import WorldModel
 
-CHECKPOINT_FORMAT = 3   # 3: the latent holds object coordinates
+CHECKPOINT_FORMAT = 4   # 3: the latent holds object coordinates; 4: Pong's global code only the score band's rows
 
 # ------------------------------------------------------------------------------------ checkpoint files
 

@@ -43,7 +43,7 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
+from data.probe import (BALL_SPEEDS, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
                         returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Run, checkpoint_config, evenly, latest_checkpoint, panels, peak_rss_mb,  # noqa: F401 (notebook's W.*)
@@ -89,12 +89,13 @@ class Autoencoder(nn.Module):
     Encoder: pixel-unshuffle turns the frame into a 21x21x16 map losslessly (the ball's exact pixel
     survives the stem cheaply), a 3x3 convolution, then per object a spatial softmax over the 441
     cells (a learnable gain sharpens it) with a sub-cell offset gives its expected position; the
-    ball's presence is the max of a logit map; a strided convolution and a linear layer give the
-    global code. Decoder: the objects are drawn where their coordinates say (the ball an
-    anti-aliased box, each paddle a learned column profile between its edges), over the static
-    background (the median training frame) plus what the global code decodes to in the score band:
-    the rest of a Pong screen never changes, so the global code cannot paint noise there. A ball at a position never seen is still a
-    ball, and motion in the latent is arithmetic on coordinates.
+    ball's presence is the max of a logit map; a strided convolution and a linear layer over the
+    map's top rows (the score band) give the global code. Decoder: the objects are drawn where their
+    coordinates say (the ball an anti-aliased box, each paddle a learned column profile between its
+    edges), over the static background (the median training frame) plus what the global code
+    decodes to in the score band: the rest of a Pong screen never changes, so the global code
+    cannot paint noise there. A ball at a position never seen is still a ball, and motion in the
+    latent is arithmetic on coordinates.
     """
 
     HEAD = 12   # channels: ball logit, dx, dy, presence logit; 4 paddle edges x (logit, dy)
@@ -108,15 +109,21 @@ class Autoencoder(nn.Module):
         self.stem = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16, W, 3, 1, 1), nn.GroupNorm(8, W), nn.GELU())
         self.head = nn.Conv2d(W, self.HEAD, 3, 1, 1)
         self.log_gain = nn.Parameter(torch.tensor(float(np.log(gain))))
-        self.down = nn.Sequential(nn.Conv2d(W, W, 3, 2, 1), nn.GroupNorm(8, W), nn.GELU())   # (B, W, 11, 11)
-        self.to_global = nn.Linear(W * 121, self.G)
+        # The global code reads and paints only the unshuffled rows that hold the score band (Pong: 4 of 21,
+        # pixel rows 0..15; another game: all 21): the rest of a Pong screen is the objects' (2/3 of the
+        # autoencoder's time went to a global code whose other rows the band masked away).
+        self.rows = -(-(PLAYFIELD[0] - 1) // 4) if objects else 21
+        gh = (self.rows + 1) // 2
+        self.down = nn.Sequential(nn.Conv2d(W, W, 3, 2, 1), nn.GroupNorm(8, W), nn.GELU())   # (B, W, gh, 11)
+        self.to_global = nn.Linear(W * gh * 11, self.G)
         cell = torch.arange(21, dtype=torch.float32) * 4 + 1.5                             # cell centres, pixels
         self.register_buffer("cell_y", cell[:, None].expand(21, 21).reshape(-1).clone())  # (441,)
         self.register_buffer("cell_x", cell[None, :].expand(21, 21).reshape(-1).clone())
-        self.fc = nn.Linear(self.G, self.gw * 121)
+        self.fc = nn.Linear(self.G, self.gw * gh * 11)
         self.decoder = nn.Sequential(
-            nn.GroupNorm(8, self.gw), nn.GELU(), nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1),   # (B, gw, 21, 21)
-            nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 84, 84)
+            nn.GroupNorm(8, self.gw), nn.GELU(),
+            nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1, output_padding=(self.rows - 2 * gh + 1, 0)),  # (B, gw, rows, 21)
+            nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 4 rows, 84)
         band = torch.zeros(84, 84) if objects else torch.ones(84, 84)
         band[:PLAYFIELD[0] - 1] = 1.0        # the score band, above the top wall: all that changes but the objects
         # (a game without Pong's objects: the global code paints the whole frame, the coordinates stay unused)
@@ -140,7 +147,7 @@ class Autoencoder(nn.Module):
         for j in range(4):
             w = torch.softmax(h[:, 4 + 2 * j] * gain, -1)
             edges.append((w * (self.cell_y + 2.5 * torch.tanh(h[:, 5 + 2 * j]))).sum(-1))
-        g = self.to_global(self.down(f).flatten(1))                  # (B, G)
+        g = self.to_global(self.down(f[:, :, :self.rows]).flatten(1))   # (B, G)
         return torch.cat([torch.stack([bx, by, h[:, 3].amax(-1), *edges], 1), g], 1)   # (B, D)
 
     def render(self, c: torch.Tensor) -> torch.Tensor:
@@ -158,8 +165,9 @@ class Autoencoder(nn.Module):
         return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z[:, NC:]).view(-1, self.gw, 11, 11)                        # (B, gw, 11, 11)
-        out = self.background + self.band * self.decoder(h).squeeze(1)          # (B, 84, 84)
+        h = self.fc(z[:, NC:]).view(-1, self.gw, (self.rows + 1) // 2, 11)      # (B, gw, gh, 11)
+        paint = F.pad(self.decoder(h).squeeze(1), (0, 0, 0, 84 - 4 * self.rows))  # (B, 84, 84): zeros below
+        out = self.background + self.band * paint
         return out + self.render(z[:, :NC]) if self.objects else out
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,9 +186,10 @@ class Predictor(nn.Module):
     it appears, its velocity. Training takes u from the recording; a dream draws it from the serves
     seen in training (Pong serves from the centre at a random angle: an average would be a frozen
     ball). Outputs, each as a residual whose last layer starts at zero: the ball moves on at its
-    velocity (the window's mean step when all agree in sign: less encoder noise), mirrored at the
-    walls (the mean step, only while the ball is in midfield), plus a residual (in 4-px units); each paddle's centre is the last one plus a residual, its
-    height 7 rows plus a residual (absolute, so it cannot drift); presence is a logit; the global
+    velocity (in midfield the window's mean step when all agree in sign: less encoder noise), snapped
+    to the nearest of Pong's ball speeds (BALL_SPEEDS, data/probe.py) when within 0.4 px, mirrored
+    at the walls, plus a residual (in 4-px units); each paddle's centre is the last one plus a
+    residual, its height 7 rows plus a residual (absolute, so it cannot drift); presence is a logit; the global
     code the last one plus a residual; a dream draws the nearest of 512 codes of training frames
     (the score band it shows stays a real one).
 
@@ -201,6 +210,8 @@ class Predictor(nn.Module):
         self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0]]))  # (S, 4) y0, vx/2, vy/2, gap seen
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
+        for name, s in zip(("speeds_x", "speeds_y"), BALL_SPEEDS):   # the ball's speeds, pixels a step
+            self.register_buffer(name, torch.tensor(s), persistent=False)
         self.gp = nn.Linear(G, global_proj)
         n_in = K * NC + (K - 1) * 6 + (K * A if action_conditioned else 0) + global_proj + 4
         self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
@@ -221,7 +232,7 @@ class Predictor(nn.Module):
         as a logit, next normalised global code (B, G)."""
         pres = c[:, :, BP]                                                     # (B, K) 0/1
         centre = self.centre                                                   # (6,) an absent ball sits here
-        pos = c[:, :, POS]                                                     # (B, K, 6)
+        pos = torch.cat([c[..., :BP], c[..., BP + 1:]], -1)                    # (B, K, 6): POS, as slices (cheaper backward)
         pos = torch.cat([torch.where(pres[..., None] > 0.5, pos[..., :2], centre[:2]), pos[..., 2:]], -1)
         posn = (pos - centre) / self.SCALE
         both = (pres[:, 1:] * pres[:, :-1])[..., None]                         # (B, K - 1, 1)
@@ -237,17 +248,31 @@ class Predictor(nn.Module):
         straight = ((step * step[:, -1:]) > 0).all(1) & (both.squeeze(-1) > 0.5).all(1, keepdim=True)
         midfield = (pos[:, -1, :1] > 14) & (pos[:, -1, :1] < 68)              # away from the paddles, where it may turn
         v = torch.where(straight & midfield, step.mean(1), v)
-        x, y = (pos[:, -1, :2] + v).unbind(1)
+        # Near a wall the last step is no speed (a bounce folds it; the wall hides part of the ball): there
+        # the ball keeps the window's largest vertical speed, in the last step's direction.
         lo, hi = BALL_Y_RANGE
+        near = ((pos[:, -2:, 1] - lo).amin(1) < 3.5) | ((hi - pos[:, -2:, 1]).amin(1) < 3.5)
+        vy = (step[:, :, 1] * both[..., 0]).abs().amax(1) * torch.sign(v[:, 1])
+        v = torch.stack([v[:, 0], torch.where(near, vy, v[:, 1])], 1)
+        # Pong's ball moves at a few speeds only: snapped to the nearest, the base no longer carries the
+        # encoder's ~0.1 px noise forward (it grew by that every step of a dream).
+        v = torch.stack([snap_speed(v[:, 0], self.speeds_x), snap_speed(v[:, 1], self.speeds_y)], 1)
+        x, y = (pos[:, -1, :2] + v).unbind(1)
         y = torch.where(y < lo, 2 * lo - y, torch.where(y > hi, 2 * hi - y, y))
-        ball = torch.where(pres[:, -1:] > 0.5, torch.stack([x, y], 1), centre[:2]) + self.BALL_RES * r[:, [BX, BY]]
-        paddles = []
-        for t, b in ((PT, PB), (OT, OB)):
-            mid = (c[:, -1, t] + c[:, -1, b]) / 2 + self.SCALE * r[:, t]
-            half = (7.0 + self.SCALE * r[:, b]) / 2
-            paddles += [mid - half, mid + half]
-        nxt = torch.stack([ball[:, 0], ball[:, 1], 10 * r[:, BP], *paddles], 1)   # (B, 7)
+        ball = torch.where(pres[:, -1:] > 0.5, torch.stack([x, y], 1), centre[:2]) + self.BALL_RES * r[:, :BP]
+        # The paddles, (player, opponent) at once: centre plus residual, height 7 rows plus residual.
+        edges = c[:, -1, PT:NC]                                                # (B, 4) PT, PB, OT, OB
+        mid = (edges[:, 0::2] + edges[:, 1::2]) / 2 + self.SCALE * r[:, PT:NC:2]   # (B, 2)
+        half = (7.0 + self.SCALE * r[:, PB:NC:2]) / 2
+        paddles = torch.stack([mid - half, mid + half], -1).flatten(1)         # (B, 4) PT, PB, OT, OB
+        nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
         return nxt, g + r[:, NC:]
+
+
+def snap_speed(v: torch.Tensor, speeds: torch.Tensor, within: float = 0.4) -> torch.Tensor:
+    """Velocities v (B,) moved to the nearest of `speeds` (>= 0, either sign) when within `within` px."""
+    dist, j = (v.abs()[:, None] - speeds).abs().min(1)
+    return torch.where(dist < within, speeds[j] * torch.sign(v), v)
 
 
 def onto_field(c: torch.Tensor) -> torch.Tensor:
@@ -594,10 +619,10 @@ def point_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float
     return (pred - target) ** 2
 
 
-@torch.no_grad()
 def max_pool3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 max filter of (B, 1, H, W) as shifted maxima: ~20x faster than max_pool2d's CPU kernel (no indices)."""
-    p = F.pad(x, (1, 1, 1, 1), value=-1.0)
+    """3x3 max filter of (B, 1, H, W) as shifted maxima (differentiable): ~20x faster than max_pool2d's
+    CPU kernel, which also keeps indices."""
+    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
     h = torch.maximum(torch.maximum(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
     return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 
@@ -821,6 +846,7 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     coord = presence = glob = 0.0
     w_ball = c[:, K:K + pc.unroll, BP] * pc.ball_weight                      # (B, U) the ball's weight where present
     norm = shared(2 * w_ball.sum(0) + 4 * len(c))                           # (U,) the weights' sums (all ranks)
+    w_all = torch.cat([w_ball[..., None].expand(-1, -1, 2), torch.ones_like(w_ball)[..., None].expand(-1, -1, 4)], -1)
     for s in range(pc.unroll):
         nxt, gl = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
         tgt = c[:, K + s]
@@ -828,10 +854,8 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
         # not just close); the paddles' edges: delta 1 px.
         err = torch.cat([F.huber_loss(nxt[:, :2].float(), tgt[:, :2], reduction="none", delta=pc.ball_delta)
                          / pc.ball_delta,
-                         F.huber_loss(nxt[:, POS[2:]].float(), tgt[:, POS[2:]], reduction="none", delta=1.0)], 1)
-        w = torch.ones_like(err)
-        w[:, :2] = w_ball[:, s:s + 1]
-        coord = coord + (err * w).sum() / norm[s]
+                         F.huber_loss(nxt[:, BP + 1:].float(), tgt[:, BP + 1:], reduction="none", delta=1.0)], 1)
+        coord = coord + (err * w_all[:, s]).sum() / norm[s]
         presence = presence + F.binary_cross_entropy_with_logits(nxt[:, BP].float(), tgt[:, BP])
         glob = glob + point_loss(gl.float(), g[:, K + s], pc.loss, pc.huber_delta).mean()
         fed = torch.cat([nxt[:, :BP], (nxt[:, BP:BP + 1] > 0).float(), nxt[:, BP + 1:]], 1)   # what a dream feeds back

@@ -25,6 +25,10 @@ PADDLE_MIN = 0.41 * 255    # a paddle row's mean over its 3 columns exceeds this
 PADDLE_ROWS = (6, 13)
 BALL_MOVES_PX = 0.5        # a ball 'moves' when its centroid shifts this much between frames
 BALL_Y_RANGE = (14.0, 76.0)  # the ball's centre row between the walls: it bounces at these
+# The ball's speeds, pixels per agent step, each direction: |dx| 2.10 (88 %) or 4.20 (5 %), |dy| 0.04, 1.59
+# or 3.20 (8 / 59 / 28 %); 7.5 % (x) and 4.9 % (y) of steps, at bounces and serves, are none of these.
+# Measured on 20,000 recorded frames of random and tracker play (seeds 7, 11).
+BALL_SPEEDS = ((2.1, 4.2), (0.0, 1.6, 3.2))
 UP, DOWN = 2, 3            # the ALE actions that move the player's paddle up (RIGHT) and down (LEFT)
 
 

@@ -83,3 +83,28 @@ def test_dreams_are_reproducible_and_the_serve_is_drawn_from_training(learned, v
     assert torch.equal(a, wm.rollout_batch(ctx, acts, seed=3))
     serves = wm.predictor.serves
     assert serves.shape[1] == 4 and len(serves) >= 1 and (serves[:, 3] >= 8).all()   # gaps of a real serve
+
+
+def test_speeds_snap_to_pongs_and_the_base_moves_a_straight_ball_exactly():
+    v = torch.tensor([2.03, -2.21, 0.5, -4.1, 3.0])
+    assert torch.allclose(W.snap_speed(v, torch.tensor([2.1, 4.2])), torch.tensor([2.1, -2.1, 0.5, -4.2, 3.0]))
+    # An untrained predictor is its physics base: a ball seen at 2.1, 1.6 px a step (encoder noise
+    # +-0.1 px) moves on at exactly that speed, and turns at the top wall.
+    p = W.Predictor(128, 4, 6, 64, True).eval()
+    noise = torch.tensor([0.08, -0.1, 0.1, -0.04])
+    c = torch.zeros(1, 4, 7)
+    c[0, :, W.BX] = 30 + 2.1 * torch.arange(4) + noise
+    c[0, :, W.BY] = 40 + 1.6 * torch.arange(4) - noise
+    c[0, :, W.BP] = 1
+    with torch.no_grad():
+        nxt, _ = p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
+    assert torch.allclose(nxt[0, :2], c[0, -1, :2] + torch.tensor([2.1, 1.6]), atol=1e-5)
+    c[0, :, W.BY] = 25 - 3.2 * torch.arange(4)                       # up at 3.2 px a step: 15.4 -> 12.2, past the wall
+    with torch.no_grad():
+        nxt, _ = p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
+    lo = W.BALL_Y_RANGE[0]
+    assert abs(nxt[0, 1].item() - (2 * lo - (25 - 3.2 * 4))) < 1e-4           # mirrored: 15.8
+    c[0, :, W.BY] = torch.tensor([21.8, 18.6, 15.4, 2 * lo - 12.2])       # the frame after the bounce: 15.8
+    with torch.no_grad():
+        nxt, _ = p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
+    assert abs(nxt[0, 1].item() - (2 * lo - 12.2 + 3.2)) < 1e-4                 # on down at its speed, not 0.4

@@ -61,3 +61,15 @@ def test_object_agreement_counts_missing_and_moved_objects(val_data):
     inside = p["player"] & (p["player_y"] > 22) & (p["player_y"] < 68)       # clear of both walls after the shift
     assert np.allclose(c["player_err"][inside], 3.0)
     assert np.isnan(c["ball_err"][~has_ball]).all()
+
+
+def test_the_ball_moves_at_the_speeds_the_predictor_snaps_to():
+    from data.d4rl_frames import record
+    from data.probe import BALL_SPEEDS
+    d = record("Pong", 3000, 5, "random+tracker")
+    p, ep = probe(d.frames), np.asarray(d.episode)
+    ok = p["ball"][1:] & p["ball"][:-1] & (ep[1:] == ep[:-1])
+    for j, key in enumerate(("ball_x", "ball_y")):
+        step = np.abs(np.diff(p[key])[ok])                                     # (M,) pixels a step
+        near = np.abs(step[:, None] - np.array(BALL_SPEEDS[j])).min(1) < 0.4
+        assert near.mean() > 0.9, (key, near.mean())
