@@ -1,5 +1,6 @@
 """What a run leaves behind, and how it is found again: checkpoint files, the run folder (config,
-metric CSVs, checkpoints, W&B), and the pictures and videos every command draws.
+metric CSVs, checkpoints, W&B), the loops' bookkeeping (a metrics row, a validation and a checkpoint
+on schedule: end_of_step), and the pictures and videos every command draws.
 
     runs/<timestamp>_<name>/  resolved_config.yaml  metrics.csv  val_metrics.csv  summary.json
                               images/  videos/  assets/  checkpoints/{last,best}.pt
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -26,6 +28,7 @@ from omegaconf import OmegaConf
 
 from config import PHASES, Config, make_config
 from data import MissingInput, UsageError
+from hardware import rank_world
 
 if TYPE_CHECKING:
     from world_model import WorldModel
@@ -287,6 +290,70 @@ def peak_rss_mb() -> float:
     import resource
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 / (1024 if sys.platform == "darwin" else 1)      # macOS reports bytes, Linux KB
+
+# ------------------------------------------------------------------------------------ the loops' bookkeeping
+
+
+def end_of_step(cfg: Config, phase: str, step: int, meter: "Meter", sched, bar, run: "Run | None", validate,
+                wm: "WorldModel", opt: torch.optim.Optimizer, best: float) -> float:
+    """The end of a training step, the same in both loops: a metrics row every log_every steps, a
+    validation (with checkpoints) every val_every steps and at the last; returns the best validation loss."""
+    steps = getattr(cfg, phase).steps
+    if step % cfg.eval.log_every == 0 or step == steps:
+        row = meter.row(phase, step, sched)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if run is not None:
+            run.log(row)
+    if (step % cfg.eval.val_every == 0 or step == steps) and rank_world()[0] == 0:   # the others go on, and wait
+        vloss = validate(step)
+        if run is not None:
+            best = run.checkpoint(wm, phase, step, opt, sched, vloss, best)
+        meter.t0 = time.perf_counter()  # throughput counts training, not validation
+    _die_at(phase, step)
+    return best
+
+
+class Meter:
+    """Averages of the training losses since the last log row, and the throughput (one .item() per row)."""
+
+    def __init__(self):
+        self.sums, self.n, self.samples, self.t0 = {}, 0, 0, time.perf_counter()
+
+    def add(self, samples: int, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n, self.samples = self.n + 1, self.samples + samples
+
+    def row(self, phase: str, step: int, sched) -> dict:
+        """Every rank calls it at the same steps: the losses are averaged over the processes (equal shares
+        of the global batch), the throughput summed."""
+        dt = time.perf_counter() - self.t0
+        keys, world = sorted(self.sums), rank_world()[1]
+        v = torch.tensor([float(self.sums[k]) / self.n for k in keys] + [float(self.samples)], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(v)
+            v[:-1] /= world
+        row = {"phase": phase, "step": step, **dict(zip(keys, v[:-1].tolist())),
+               "lr": sched.get_last_lr()[0], "samples_per_s": v[-1].item() / max(dt, 1e-9)}
+        self.__init__()
+        return row
+
+
+def restore(ckpt: dict, phase: str, wm: "WorldModel", opt, sched) -> int:
+    """Load model, optimizer, scheduler and RNG states from a training checkpoint; returns its step."""
+    wm.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    return int(ckpt["step"])
+
+
+def _die_at(phase: str, step: int) -> None:
+    """Crash-test hook: WM_DIE_AT=ae:30 kills the process (SIGKILL, no clean-up) after that step;
+    WM_DIE_AT=ae:30@1 only rank 1 of a torchrun."""
+    if os.environ.get("WM_DIE_AT") in (f"{phase}:{step}", f"{phase}:{step}@{rank_world()[0]}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 # ------------------------------------------------------------------------------------ pictures
 

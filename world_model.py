@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -46,8 +45,8 @@ from data.d4rl_frames import FrameData, record
 from data.probe import (BALL_SPEEDS, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
                         returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
-from outputs import (Run, checkpoint_config, evenly, latest_checkpoint, panels, peak_rss_mb,  # noqa: F401 (notebook's W.*)
-                     read_checkpoint, strip, which_checkpoint, write_checkpoint)
+from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
+                     panels, peak_rss_mb, read_checkpoint, restore, strip, which_checkpoint, write_checkpoint)
 
 
 # ------------------------------------------------------------------------------------ models
@@ -702,7 +701,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
     prec, net = Precision(cfg, dev), data_parallel(torch.compile(ae) if cfg.train.compile else ae, dev, not wm.objects)
     first, best = 1, float("inf")
     if resume is not None:
-        first, best = _restore(resume, "ae", wm, opt, sched) + 1, resume["best"]
+        first, best = restore(resume, "ae", wm, opt, sched) + 1, resume["best"]
     if not wm.objects:      # no probe for this game: pixels only
         cfg = replace(cfg, ae=replace(cfg.ae, coord_weight=0.0, presence_weight=0.0, returned_ball_weight=0.0))
     val_x = torch.from_numpy(val.frames[evenly(len(val), cfg.eval.val_frames)])
@@ -917,7 +916,7 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
     prec, net = Precision(cfg, dev), data_parallel(Unrolled(torch.compile(p) if cfg.train.compile else p), dev)
     first, best = 1, float("inf")
     if resume is not None:
-        first, best = _restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
+        first, best = restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
     vs = val.starts(K + 1)
     vone = vs[evenly(len(vs), 8)]                                                       # one-step picture starts
     vvid = val.starts(K + cfg.eval.video_frames)[:1]                                    # the video's start, if any
@@ -964,66 +963,6 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
             best = end_of_step(cfg, "pred", step, meter, sched, bar, run, validate, wm, opt, best)
     return wm.eval(), history
 
-
-def end_of_step(cfg: Config, phase: str, step: int, meter: "Meter", sched, bar, run: "Run | None", validate,
-                wm: WorldModel, opt: torch.optim.Optimizer, best: float) -> float:
-    """The end of a training step, the same in both loops: a metrics row every log_every steps, a
-    validation (with checkpoints) every val_every steps and at the last; returns the best validation loss."""
-    steps = getattr(cfg, phase).steps
-    if step % cfg.eval.log_every == 0 or step == steps:
-        row = meter.row(phase, step, sched)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if run is not None:
-            run.log(row)
-    if (step % cfg.eval.val_every == 0 or step == steps) and rank_world()[0] == 0:   # the others go on, and wait
-        vloss = validate(step)
-        if run is not None:
-            best = run.checkpoint(wm, phase, step, opt, sched, vloss, best)
-        meter.t0 = time.perf_counter()  # throughput counts training, not validation
-    _die_at(phase, step)
-    return best
-
-
-class Meter:
-    """Averages of the training losses since the last log row, and the throughput (one .item() per row)."""
-
-    def __init__(self):
-        self.sums, self.n, self.samples, self.t0 = {}, 0, 0, time.perf_counter()
-
-    def add(self, samples: int, **values: torch.Tensor) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.n, self.samples = self.n + 1, self.samples + samples
-
-    def row(self, phase: str, step: int, sched) -> dict:
-        """Every rank calls it at the same steps: the losses are averaged over the processes (equal shares
-        of the global batch), the throughput summed."""
-        dt = time.perf_counter() - self.t0
-        keys, world = sorted(self.sums), rank_world()[1]
-        v = torch.tensor([float(self.sums[k]) / self.n for k in keys] + [float(self.samples)], dtype=torch.float64)
-        if world > 1:
-            torch.distributed.all_reduce(v)
-            v[:-1] /= world
-        row = {"phase": phase, "step": step, **dict(zip(keys, v[:-1].tolist())),
-               "lr": sched.get_last_lr()[0], "samples_per_s": v[-1].item() / max(dt, 1e-9)}
-        self.__init__()
-        return row
-
-
-def _restore(ckpt: dict, phase: str, wm: WorldModel, opt, sched) -> int:
-    """Load model, optimizer, scheduler and RNG states from a training checkpoint; returns its step."""
-    wm.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    return int(ckpt["step"])
-
-
-def _die_at(phase: str, step: int) -> None:
-    """Crash-test hook: WM_DIE_AT=ae:30 kills the process (SIGKILL, no clean-up) after that step;
-    WM_DIE_AT=ae:30@1 only rank 1 of a torchrun."""
-    if os.environ.get("WM_DIE_AT") in (f"{phase}:{step}", f"{phase}:{step}@{rank_world()[0]}"):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 # ------------------------------------------------------------------------------------ pipeline and command line
 
