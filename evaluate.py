@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_MOVES_PX, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
+from data.probe import (BALL_MOVES_PX, BALL_X_RANGE, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
                         validate_probe)
 from outputs import evenly, json_safe, new_folder, panels, save_video, strip, which_checkpoint
 from world_model import (Config, HeldoutConfig, WorldModel, encode_all, make_config, pixel_mse, squared_error,
@@ -136,7 +136,8 @@ def constant_velocity(context: np.ndarray, horizon: int) -> dict[str, np.ndarray
     """The physical baseline: the ball's probe position in the last context frame, moved on at its
     velocity since the frame before (0 if that one had no ball), reflected at the top and bottom walls
     (no paddles). uint8 (S, K, 84, 84) -> ball (S, H) bool (no ball if the last context frame has
-    none, or once it leaves the screen), ball_x, ball_y (S, H), NaN without a ball."""
+    none, or once it leaves the columns where a ball is seen, BALL_X_RANGE), ball_x, ball_y (S, H), NaN
+    without a ball."""
     S = len(context)
     p = probe(context[:, -2:].reshape(-1, 84, 84))
     x, y, have = (p[k].reshape(S, 2) for k in ("ball_x", "ball_y", "ball"))
@@ -147,7 +148,7 @@ def constant_velocity(context: np.ndarray, horizon: int) -> dict[str, np.ndarray
     free = y[:, 1:] + t * np.where(both, y[:, 1:] - y[:, :1], 0.0) - lo      # unfolded, from the top wall
     m = np.mod(free, 2 * (hi - lo))
     by = lo + np.where(m > hi - lo, 2 * (hi - lo) - m, m)                     # mirrored at both walls
-    ball = have[:, 1:] & (bx >= 0) & (bx <= 83)
+    ball = have[:, 1:] & (bx >= BALL_X_RANGE[0]) & (bx <= BALL_X_RANGE[1])  # where a real ball is seen
     return {"ball": ball, "ball_x": np.where(ball, bx, np.nan), "ball_y": np.where(ball, by, np.nan)}
 
 

@@ -42,8 +42,8 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_SPEEDS, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD, object_agreement, probe,
-                        returned_ball)
+from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD,
+                        object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
                      panels, peak_rss_mb, read_checkpoint, restore, strip, which_checkpoint, write_checkpoint)
@@ -449,7 +449,7 @@ class WorldModel(nn.Module):
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
         nxt, g = p(d.c, d.g, actions, u)
         nxt = onto_field(nxt)
-        on = (nxt[:, BP] > 0) & (nxt[:, BX] >= 0) & (nxt[:, BX] <= 84)         # past the paddles' edge: out of play
+        on = (nxt[:, BP] > 0) & (nxt[:, BX] >= BALL_X_RANGE[0]) & (nxt[:, BX] <= BALL_X_RANGE[1])   # past: out of play
         gone = (~on & ~out).cpu()
         serve = d.serve.clone()
         if gone.any():

@@ -63,9 +63,9 @@ def test_object_agreement_counts_missing_and_moved_objects(val_data):
     assert np.isnan(c["ball_err"][~has_ball]).all()
 
 
-def test_the_ball_moves_at_the_speeds_the_predictor_snaps_to():
+def test_the_ball_moves_at_the_speeds_the_predictor_snaps_to_and_is_seen_only_in_its_columns():
     from data.d4rl_frames import record
-    from data.probe import BALL_SPEEDS
+    from data.probe import BALL_SPEEDS, BALL_X_RANGE
     d = record("Pong", 3000, 5, "random+tracker")
     p, ep = probe(d.frames), np.asarray(d.episode)
     ok = p["ball"][1:] & p["ball"][:-1] & (ep[1:] == ep[:-1])
@@ -73,3 +73,5 @@ def test_the_ball_moves_at_the_speeds_the_predictor_snaps_to():
         step = np.abs(np.diff(p[key])[ok])                                     # (M,) pixels a step
         near = np.abs(step[:, None] - np.array(BALL_SPEEDS[j])).min(1) < 0.4
         assert near.mean() > 0.9, (key, near.mean())
+    x = p["ball_x"][p["ball"]]                                               # where a ball is ever seen
+    assert BALL_X_RANGE[0] <= x.min() and x.max() <= BALL_X_RANGE[1]
