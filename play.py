@@ -20,8 +20,8 @@ import torch
 
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, make_env
-from outputs import panels, save_video, which_checkpoint
 from hardware import one_thread
+from outputs import panels, save_video, which_checkpoint
 from world_model import WorldModel, to_uint8
 
 # UI names -> the ALE action meaning each stands for, first match wins (Pong's paddle moves up on RIGHT).

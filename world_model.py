@@ -112,7 +112,7 @@ class Autoencoder(nn.Module):
         # pixel rows 0..15; another game: all 21): the rest of a Pong screen is the objects' (2/3 of the
         # autoencoder's time went to a global code whose other rows the band masked away).
         self.rows = -(-(PLAYFIELD[0] - 1) // 4) if objects else 21
-        gh = (self.rows + 1) // 2
+        self.gh = gh = (self.rows + 1) // 2                                  # their rows after the strided conv
         self.down = nn.Sequential(nn.Conv2d(W, W, 3, 2, 1), nn.GroupNorm(8, W), nn.GELU())   # (B, W, gh, 11)
         self.to_global = nn.Linear(W * gh * 11, self.G)
         cell = torch.arange(21, dtype=torch.float32) * 4 + 1.5                             # cell centres, pixels
@@ -164,7 +164,7 @@ class Autoencoder(nn.Module):
         return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z[:, NC:]).view(-1, self.gw, (self.rows + 1) // 2, 11)      # (B, gw, gh, 11)
+        h = self.fc(z[:, NC:]).view(-1, self.gw, self.gh, 11)                  # (B, gw, gh, 11)
         paint = F.pad(self.decoder(h).squeeze(1), (0, 0, 0, 84 - 4 * self.rows))  # (B, 84, 84): zeros below
         out = self.background + self.band * paint
         return out + self.render(z[:, :NC]) if self.objects else out
@@ -591,7 +591,6 @@ def window_batch(starts: np.ndarray, length: int, batch_size: int, rng: np.rando
 # ------------------------------------------------------------------------------------ training loops
 
 
-
 def make_optimizer(cfg: Config, phase: str, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     o, pc = cfg.optim, getattr(cfg, phase)
     lr, steps = cfg.lr(phase), pc.steps
@@ -618,10 +617,10 @@ def point_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float
     return (pred - target) ** 2
 
 
+@torch.no_grad()
 def max_pool3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 max filter of (B, 1, H, W) as shifted maxima (differentiable): ~20x faster than max_pool2d's
-    CPU kernel, which also keeps indices."""
-    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    """3x3 max filter of (B, 1, H, W) as shifted maxima: ~20x faster than max_pool2d's CPU kernel (no indices)."""
+    p = F.pad(x, (1, 1, 1, 1), value=-1.0)
     h = torch.maximum(torch.maximum(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
     return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 
