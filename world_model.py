@@ -836,29 +836,29 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     where it is present, with delta pc.ball_delta); presence: cross-entropy; global code: pc.loss. With `noise`, the context
     is jittered first (noise (B, K * 6 + G), standard normal, from predictor_batch), so the predictor
     learns to recover from its own small errors."""
-    K = p.context
+    K, U = p.context, pc.unroll
     ctx, gl = c[:, :K].clone(), g[:, K - 1]
     if noise is not None:
         ctx[:, :, POS] += pc.noise_px * noise[:, :K * 6].view(-1, K, 6)
         gl = gl + pc.noise_global * noise[:, K * 6:]
-    coord = presence = glob = 0.0
-    w_ball = c[:, K:K + pc.unroll, BP] * pc.ball_weight                      # (B, U) the ball's weight where present
-    norm = shared(2 * w_ball.sum(0) + 4 * len(c))                           # (U,) the weights' sums (all ranks)
-    w_all = torch.cat([w_ball[..., None].expand(-1, -1, 2), torch.ones_like(w_ball)[..., None].expand(-1, -1, 4)], -1)
-    for s in range(pc.unroll):
+    nxts, gls = [], []
+    for s in range(U):
         nxt, gl = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
-        tgt = c[:, K + s]
-        # (B, 6) pixels. The ball: nearly L1 down to pc.ball_delta px (tracking needs its position exact,
-        # not just close); the paddles' edges: delta 1 px.
-        err = torch.cat([F.huber_loss(nxt[:, :2].float(), tgt[:, :2], reduction="none", delta=pc.ball_delta)
-                         / pc.ball_delta,
-                         F.huber_loss(nxt[:, BP + 1:].float(), tgt[:, BP + 1:], reduction="none", delta=1.0)], 1)
-        coord = coord + (err * w_all[:, s]).sum() / norm[s]
-        presence = presence + F.binary_cross_entropy_with_logits(nxt[:, BP].float(), tgt[:, BP])
-        glob = glob + point_loss(gl.float(), g[:, K + s], pc.loss, pc.huber_delta).mean()
+        nxts.append(nxt)
+        gls.append(gl)
         fed = torch.cat([nxt[:, :BP], (nxt[:, BP:BP + 1] > 0).float(), nxt[:, BP + 1:]], 1)   # what a dream feeds back
         ctx = torch.cat([ctx[:, 1:], fed[:, None]], 1)
-    U = pc.unroll
+    # The losses of all U steps at once (fewer, larger operations: the step is bound by their count).
+    nxt, gl, tgt = torch.stack(nxts, 1).float(), torch.stack(gls, 1).float(), c[:, K:K + U]   # (B, U, 7), (B, U, G)
+    w_ball = tgt[..., BP] * pc.ball_weight                                    # (B, U) the ball's weight where present
+    norm = shared(2 * w_ball.sum(0) + 4 * len(c))                           # (U,) the weights' sums (all ranks)
+    # Pixels. The ball: nearly L1 down to pc.ball_delta px (tracking needs its position exact, not just
+    # close); the paddles' edges: delta 1 px.
+    ball = F.huber_loss(nxt[..., :2], tgt[..., :2], reduction="none", delta=pc.ball_delta) / pc.ball_delta
+    edges = F.huber_loss(nxt[..., BP + 1:], tgt[..., BP + 1:], reduction="none", delta=1.0)
+    coord = (((ball * w_ball[..., None]).sum((0, 2)) + edges.sum((0, 2))) / norm).sum()
+    presence = F.binary_cross_entropy_with_logits(nxt[..., BP], tgt[..., BP], reduction="none").mean(0).sum()
+    glob = point_loss(gl, g[:, K:K + U], pc.loss, pc.huber_delta).mean((0, 2)).sum()
     return (coord + presence + pc.global_weight * glob) / U, {"coord": coord / U, "presence": presence / U,
                                                               "global": glob / U}
 
