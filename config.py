@@ -25,7 +25,7 @@ from data.probe import BALL_THRESHOLD
 NC = 7                      # the latent's first NC dims are Pong's object coordinates (world_model.py, models)
 LOSSES = ("mse", "huber")
 SCHEDULES = ("one_cycle", "cosine", "constant")
-POLICIES = ("random", "tracker")
+POLICIES = ("random", "sticky", "tracker")
 PHASES = ("ae", "pred")     # the two training loops, in order (a config section each)
 
 
@@ -37,7 +37,8 @@ class DataConfig:
     val_steps: int = 1000         # ale source: held-out frames, from separate episodes (val_seed)
     seed: int = 0                 # ale source: seed of the training recording (emulator no-ops and policy)
     val_seed: int = 1             # ale source: seed of the held-out recording; must differ from seed
-    policy: str = "random+tracker"  # ale source: who plays: random | tracker (returns the ball) | a mix, equal shares
+    policy: str = "random+tracker+sticky"  # ale source: who plays: random | tracker (returns the ball) | sticky (random
+                                  # actions held ~8 steps: paddles at the walls) | a mix, equal shares
     val_fraction: float = 0.1     # dataset sources: share of whole episodes (the last ones) held out
     num_workers: int = 0          # DataLoader processes gathering autoencoder batches (0: in the main process)
     prefetch_factor: Optional[int] = None  # batches each worker loads ahead; only with num_workers > 0
@@ -304,7 +305,8 @@ def _breaks(v, rule) -> str | None:
         return None if "/" not in v and "\\" not in v else "a name, without / or \\"
     if rule == "policy":
         bad = [p for p in v.split("+") if p not in POLICIES]
-        return f"choose {' or '.join(POLICIES)}, or a mix such as random+tracker" if bad or not v else None
+        return (f"choose {', '.join(POLICIES[:-1])} or {POLICIES[-1]}, or a mix such as random+tracker+sticky"
+                if bad or not v else None)
     if isinstance(v, float) and not math.isfinite(v):
         return "give a finite number"
     if rule == "multiple of 8":
@@ -322,7 +324,7 @@ def describe(rule) -> str:
     if isinstance(rule, tuple):
         return "one of " + ", ".join(rule)
     return {"text": "any text", "path": "a folder", "name": "a name without /", "bool": "true or false",
-            "policy": "random, tracker or a mix random+tracker"}.get(rule, rule)
+            "policy": "random, sticky, tracker or a mix such as random+tracker+sticky"}.get(rule, rule)
 
 
 def make_config(overrides: list[str] | None = None, yaml_path: str | None = None, base: Config | None = None) -> Config:

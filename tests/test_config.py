@@ -36,7 +36,7 @@ import world_model as W
     (["ae.lr=-0.1"], "ae.lr=-0.1 is not allowed: must be > 0"),
     (["ae.huber_delta=-1"], "ae.huber_delta=-1.0 is not allowed: must be > 0"),
     (["pred.lr=nan"], "pred.lr=nan is not allowed: give a finite number"),
-    (["data.policy=human"], "data.policy='human' is not allowed: choose random or tracker"),
+    (["data.policy=human"], "data.policy='human' is not allowed: choose random, sticky or tracker"),
     (["experiment.name=a/b"], "experiment.name='a/b' is not allowed"),
 ])
 def test_bad_config_is_one_clear_error(overrides, msg):

@@ -43,3 +43,17 @@ def test_framedata_rejects_bad_arrays():
         FrameData(f, z + 6, z, None, "Pong", 6)
     with pytest.raises(ValueError, match="non-decreasing"):
         FrameData(f, z, np.array([0, 1, 0, 1]), None, "Pong", 6)
+
+
+def test_sticky_play_holds_actions_and_rests_against_the_walls():
+    from data.probe import UP, probe
+    d = record("Pong", steps=600, seed=5, policy="sticky")
+    runs = np.diff(np.flatnonzero(np.diff(d.actions) != 0))                # lengths of runs of one action
+    assert runs.mean() > 4                                                  # uniform play: ~1.2
+    again = record("Pong", steps=600, seed=5, policy="sticky")
+    assert np.array_equal(again.actions, d.actions)                         # seeded
+    p = probe(d.frames)
+    up = np.isin(d.actions, [UP, 4])                                        # RIGHT, RIGHTFIRE: the paddle goes up
+    held = np.array([up[t - 3:t + 1].all() for t in range(3, len(d))])
+    top = p["player"][3:] & (p["player_y"][3:] - p["player_rows"][3:] / 2 <= 14)
+    assert (held & top).sum() >= 30, "sticky play should show the paddle at the top wall with UP held"  # uniform: 5
