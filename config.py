@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from data import UsageError
+from data.d4rl_frames import POLICIES
 from data.probe import BALL_THRESHOLD
 
 NC = 7                      # the latent's first NC dims are Pong's object coordinates (world_model.py, models)
 LOSSES = ("mse", "huber")
 SCHEDULES = ("one_cycle", "cosine", "constant")
-POLICIES = ("random", "sticky", "tracker")
 PHASES = ("ae", "pred")     # the two training loops, in order (a config section each)
 
 
@@ -324,7 +324,7 @@ def describe(rule) -> str:
     if isinstance(rule, tuple):
         return "one of " + ", ".join(rule)
     return {"text": "any text", "path": "a folder", "name": "a name without /", "bool": "true or false",
-            "policy": "random, sticky, tracker or a mix such as random+tracker+sticky"}.get(rule, rule)
+            "policy": f"{', '.join(POLICIES)} or a mix such as random+tracker+sticky"}.get(rule, rule)
 
 
 def make_config(overrides: list[str] | None = None, yaml_path: str | None = None, base: Config | None = None) -> Config:

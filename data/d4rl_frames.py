@@ -196,6 +196,9 @@ def canonical_game(name: str) -> str:
 TRACKER_EPS = 0.1    # share of uniformly random actions: every action appears, rallies still last
 
 
+POLICIES = ("random", "sticky", "tracker")   # make_policy's names; a run's data.policy may mix them with +
+
+
 def make_policy(name: str, game: str, num_actions: int):
     """policy(rng, ram) -> action. 'random': uniform. 'sticky': uniform actions, each held a random
     number of steps (mean STICKY_HOLD). 'tracker' (Pong): moves the player's paddle toward the ball
@@ -209,7 +212,7 @@ def make_policy(name: str, game: str, num_actions: int):
             raise UsageError(f"policy 'tracker' reads Pong's RAM and plays only Pong; use policy 'random' for {game}")
         from data.probe import RAM  # Pong's facts live in the probe (imported here: it imports this module)
         return functools.partial(_track_ball, RAM)
-    raise UsageError(f"unknown policy {name!r}; available: random, sticky, tracker (Pong)")
+    raise UsageError(f"unknown policy {name!r}; available: {', '.join(POLICIES)} (tracker: Pong only)")
 
 
 STICKY_HOLD = 8      # sticky play: mean number of steps a random action is held (geometric)
