@@ -33,7 +33,8 @@ from hardware import rank_world
 if TYPE_CHECKING:
     from world_model import WorldModel
 
-CHECKPOINT_FORMAT = 4   # 3: the latent holds object coordinates; 4: Pong's global code only the score band's rows
+CHECKPOINT_FORMAT = 5   # 3: the latent holds object coordinates; 4: Pong's global code only the score band's rows;
+                        # 5: the predictor's turn logit
 
 # ------------------------------------------------------------------------------------ checkpoint files
 

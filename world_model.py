@@ -42,7 +42,7 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD,
+from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, FACES, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD,
                         object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
@@ -186,8 +186,11 @@ class Predictor(nn.Module):
     seen in training (Pong serves from the centre at a random angle: an average would be a frozen
     ball). Outputs, each as a residual whose last layer starts at zero: the ball moves on at its
     velocity (in midfield the window's mean step when all agree in sign: less encoder noise), snapped
-    to the nearest of Pong's ball speeds (BALL_SPEEDS, data/probe.py) when within 0.4 px, mirrored
-    at the walls, plus a residual (in 4-px units); each paddle's centre is the last one plus a
+    to the nearest of Pong's ball speeds (BALL_SPEEDS, data/probe.py) when within 0.4 px, plus a
+    residual (in 4-px units). Where that step would cross a wall the ball stops at it for a frame, as
+    Pong's does, and leaves it mirrored. At a paddle's face (FACES) a turn logit decides, hard, whether
+    its horizontal step reverses (a return) or goes on (a miss): trained as a classifier on the
+    recorded turns, so a dream picks one instead of hedging between the two. Each paddle's centre is the last one plus a
     residual, its height 7 rows plus a residual (absolute, so it cannot drift); presence is a logit; the global
     code the last one plus a residual; a dream draws the nearest of 512 codes of training frames
     (the score band it shows stays a real one).
@@ -214,8 +217,8 @@ class Predictor(nn.Module):
         self.gp = nn.Linear(G, global_proj)
         n_in = K * NC + (K - 1) * 6 + (K * A if action_conditioned else 0) + global_proj + 4
         self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
-        self.out = nn.Linear(hidden, NC + G)
-        nn.init.zeros_(self.out.weight)   # starts as 'constant velocity, nothing else moves'
+        self.out = nn.Linear(hidden, NC + G + 1)   # coordinates, global code, the turn logit
+        nn.init.zeros_(self.out.weight)   # starts as 'constant velocity, nothing else moves, no turn'
         nn.init.zeros_(self.out.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -225,10 +228,11 @@ class Predictor(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """c (B, K, 7) coordinates (pixels, presence 0/1), g (B, G) normalised global code of the last
         frame, actions (B, K) int (-1 unknown), u (B, 4) -> next coordinates (B, 7) with the presence
-        as a logit, next normalised global code (B, G)."""
+        as a logit, next normalised global code (B, G), the turn (B, 2): its logit, and 1 where the ball
+        is at a paddle's face (where the logit acts)."""
         pres = c[:, :, BP]                                                     # (B, K) 0/1
         centre = self.centre                                                   # (6,) an absent ball sits here
         pos = torch.cat([c[..., :BP], c[..., BP + 1:]], -1)                    # (B, K, 6): POS, as slices (cheaper backward)
@@ -256,8 +260,17 @@ class Predictor(nn.Module):
         # Pong's ball moves at a few speeds only: snapped to the nearest, the base no longer carries the
         # encoder's ~0.1 px noise forward (it grew by that every step of a dream).
         v = torch.stack([snap_speed(v[:, 0], self.speeds_x), snap_speed(v[:, 1], self.speeds_y)], 1)
-        x, y = (pos[:, -1, :2] + v).unbind(1)
-        y = torch.where(y < lo, 2 * lo - y, torch.where(y > hi, 2 * hi - y, y))
+        # At a paddle's face (the step would carry the ball past the column where Pong turns it, and it is not
+        # past it yet) the turn logit decides: back at its speed, or on.
+        x0, y0 = pos[:, -1, 0], pos[:, -1, 1]
+        face = (((x0 + v[:, 0] >= FACES[1] + 1) & (x0 <= FACES[1] + 2) & (v[:, 0] > 0))
+                | ((x0 + v[:, 0] <= FACES[0] - 0.5) & (x0 >= FACES[0] - 1.5) & (v[:, 0] < 0))) & (pres[:, -1] > 0.5)
+        turn = r[:, -1]
+        x = x0 + torch.where(face & (turn > 0), -v[:, 0], v[:, 0])
+        # A step that would cross a wall ends at it (the ball shows at the wall for a frame); from the wall it
+        # leaves mirrored.
+        y, at = y0 + v[:, 1], (y0 - lo < 0.6) | (hi - y0 < 0.6)
+        y = torch.where(y < lo, torch.where(at, 2 * lo - y, lo), torch.where(y > hi, torch.where(at, 2 * hi - y, hi), y))
         ball = torch.where(pres[:, -1:] > 0.5, torch.stack([x, y], 1), centre[:2]) + self.BALL_RES * r[:, :BP]
         # The paddles, (player, opponent) at once: centre plus residual, height 7 rows plus residual.
         edges = c[:, -1, PT:NC]                                                # (B, 4) PT, PB, OT, OB
@@ -265,7 +278,7 @@ class Predictor(nn.Module):
         half = (7.0 + self.SCALE * r[:, PB:NC:2]) / 2
         paddles = torch.stack([mid - half, mid + half], -1).flatten(1)         # (B, 4) PT, PB, OT, OB
         nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
-        return nxt, g + r[:, NC:]
+        return nxt, g + r[:, NC:-1], torch.stack([turn, face.float()], 1)
 
 
 def snap_speed(v: torch.Tensor, speeds: torch.Tensor, within: float = 0.4) -> torch.Tensor:
@@ -447,7 +460,7 @@ class WorldModel(nn.Module):
         zero = torch.zeros_like(d.wait)
         u = torch.stack([torch.where(out, d.serve[:, 0], zero), torch.where(just, d.serve[:, 1], zero),
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
-        nxt, g = p(d.c, d.g, actions, u)
+        nxt, g, _ = p(d.c, d.g, actions, u)
         nxt = onto_field(nxt)
         on = (nxt[:, BP] > 0) & (nxt[:, BX] >= BALL_X_RANGE[0]) & (nxt[:, BX] <= BALL_X_RANGE[1])   # past: out of play
         gone = (~on & ~out).cpu()
@@ -841,11 +854,12 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     if noise is not None:
         ctx[:, :, POS] += pc.noise_px * noise[:, :K * 6].view(-1, K, 6)
         gl = gl + pc.noise_global * noise[:, K * 6:]
-    nxts, gls = [], []
+    nxts, gls, turns = [], [], []
     for s in range(U):
-        nxt, gl = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
+        nxt, gl, turn = p(ctx, gl, actions[:, s:s + K], u[:, s + K - 1])
         nxts.append(nxt)
         gls.append(gl)
+        turns.append(turn)
         fed = torch.cat([nxt[:, :BP], (nxt[:, BP:BP + 1] > 0).float(), nxt[:, BP + 1:]], 1)   # what a dream feeds back
         ctx = torch.cat([ctx[:, 1:], fed[:, None]], 1)
     # The losses of all U steps at once (fewer, larger operations: the step is bound by their count).
@@ -858,9 +872,17 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     edges = F.huber_loss(nxt[..., BP + 1:], tgt[..., BP + 1:], reduction="none", delta=1.0)
     coord = (((ball * w_ball[..., None]).sum((0, 2)) + edges.sum((0, 2))) / norm).sum()
     presence = F.binary_cross_entropy_with_logits(nxt[..., BP], tgt[..., BP], reduction="none").mean(0).sum()
+    # The turn, where the ball is at a paddle's face: did the recorded ball's horizontal step reverse into the
+    # predicted frame (3 frames with a ball)?
+    rx, rp = c[:, K - 2:K + U, BX], c[:, K - 2:K + U, BP]                     # (B, U + 2)
+    step = rx[:, 1:] - rx[:, :-1]
+    turned = ((step[:, 1:] * step[:, :-1] < 0) & (rp[:, 2:] * rp[:, 1:-1] * rp[:, :-2] > 0.5)).float()  # (B, U)
+    tl = torch.stack(turns, 1).float()                                        # (B, U, 2) logit, at a face
+    turn = (F.binary_cross_entropy_with_logits(tl[..., 0], turned, reduction="none") * tl[..., 1]).sum(0)
+    turn = (turn / shared(tl[..., 1].sum(0)).clamp(min=1)).sum()
     glob = point_loss(gl, g[:, K:K + U], pc.loss, pc.huber_delta).mean((0, 2)).sum()
-    return (coord + presence + pc.global_weight * glob) / U, {"coord": coord / U, "presence": presence / U,
-                                                              "global": glob / U}
+    return (coord + presence + turn + pc.global_weight * glob) / U, {"coord": coord / U, "presence": presence / U,
+                                                                     "turn": turn / U, "global": glob / U}
 
 
 class Unrolled(nn.Module):

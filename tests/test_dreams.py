@@ -89,22 +89,39 @@ def test_speeds_snap_to_pongs_and_the_base_moves_a_straight_ball_exactly():
     v = torch.tensor([2.03, -2.21, 0.5, -4.1, 3.0])
     assert torch.allclose(W.snap_speed(v, torch.tensor([2.1, 4.2])), torch.tensor([2.1, -2.1, 0.5, -4.2, 3.0]))
     # An untrained predictor is its physics base: a ball seen at 2.1, 1.6 px a step (encoder noise
-    # +-0.1 px) moves on at exactly that speed, and turns at the top wall.
+    # +-0.1 px) moves on at exactly that speed, stops at the top wall for a frame and leaves it mirrored.
     p = W.Predictor(128, 4, 6, 64, True).eval()
     noise = torch.tensor([0.08, -0.1, 0.1, -0.04])
     c = torch.zeros(1, 4, 7)
     c[0, :, W.BX] = 30 + 2.1 * torch.arange(4) + noise
     c[0, :, W.BY] = 40 + 1.6 * torch.arange(4) - noise
     c[0, :, W.BP] = 1
-    with torch.no_grad():
-        nxt, _ = p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
-    assert torch.allclose(nxt[0, :2], c[0, -1, :2] + torch.tensor([2.1, 1.6]), atol=1e-5)
-    c[0, :, W.BY] = 25 - 3.2 * torch.arange(4)                       # up at 3.2 px a step: 15.4 -> 12.2, past the wall
-    with torch.no_grad():
-        nxt, _ = p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
+
+    def base(c):
+        with torch.no_grad():
+            return p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))[0][0]
+    assert torch.allclose(base(c)[:2], c[0, -1, :2] + torch.tensor([2.1, 1.6]), atol=1e-5)
     lo = W.BALL_Y_RANGE[0]
-    assert abs(nxt[0, 1].item() - (2 * lo - (25 - 3.2 * 4))) < 1e-4           # mirrored: 15.8
-    c[0, :, W.BY] = torch.tensor([21.8, 18.6, 15.4, 2 * lo - 12.2])       # the frame after the bounce: 15.8
-    with torch.no_grad():
-        nxt, _ = p(c, torch.zeros(1, 121), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
-    assert abs(nxt[0, 1].item() - (2 * lo - 12.2 + 3.2)) < 1e-4                 # on down at its speed, not 0.4
+    c[0, :, W.BY] = 25 - 3.2 * torch.arange(4)                       # up at 3.2 px a step: 15.4 -> 12.2, past the wall
+    assert abs(base(c)[1].item() - lo) < 1e-4                        # at the wall, as Pong shows it (measured: 14.0)
+    c[0, :, W.BY] = torch.tensor([21.8, 18.6, 15.4, lo])              # the frame after: mirrored at its speed
+    assert abs(base(c)[1].item() - (lo + 3.2)) < 1e-4                 # 17.2 (Pong: 16.3), on down, not stuck at 14
+
+
+def test_the_turn_logit_reverses_the_ball_only_at_a_paddles_face():
+    """Where the ball meets a paddle's face a positive turn logit sends it back; with a negative one it goes
+    on; away from the faces it never turns."""
+    p = W.Predictor(128, 4, 6, 64, True).eval()
+    c = torch.zeros(4, 4, 7)
+    c[:, :, W.BY], c[:, :, W.BP] = 40 + 1.6 * torch.arange(4), 1
+    c[0, :, W.BX] = W.FACES[1] - 2.1 * torch.arange(3, -1, -1)         # reaches the player's face moving right
+    c[1, :, W.BX] = W.FACES[0] + 2.1 * torch.arange(3, -1, -1)         # reaches the opponent's face moving left
+    c[2, :, W.BX] = 40 + 2.1 * torch.arange(4)                          # midfield
+    c[3, :, W.BX] = W.FACES[1] + 3 + 2.1 * torch.arange(4)              # already past the player's face
+    for logit, back in ((5.0, True), (-5.0, False)):
+        with torch.no_grad():
+            p.out.bias[-1] = logit
+            nxt, _, turn = p(c, torch.zeros(4, 121), torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4))
+        assert torch.allclose(turn, torch.tensor([[logit, 1.0], [logit, 1.0], [logit, 0.0], [logit, 0.0]]))  # logit, at a face
+        step = nxt[:, W.BX] - c[:, -1, W.BX]
+        assert torch.allclose(step, torch.tensor([-2.1, 2.1, 2.1, 2.1] if back else [2.1, -2.1, 2.1, 2.1]), atol=1e-4)

@@ -13,7 +13,7 @@ def test_shapes_and_dtypes(trained, val_data):
     assert wm.ae.decode(z).shape == (5, 84, 84)
     d = wm.start(z[None, :4].expand(3, -1, -1))
     assert d.c.shape == (3, 4, 7) and d.g.shape == (3, 121) and set(d.c[:, :, W.BP].unique().tolist()) <= {0.0, 1.0}
-    nxt, g = wm.predictor(d.c, d.g, torch.tensor([[0, 2, 3, 1]] * 3), torch.zeros(3, 4))
+    nxt, g, _ = wm.predictor(d.c, d.g, torch.tensor([[0, 2, 3, 1]] * 3), torch.zeros(3, 4))
     assert nxt.shape == (3, 7) and g.shape == (3, 121)
     rec = wm.reconstruct(val_data.frames[:7])
     assert rec.dtype == np.uint8 and rec.shape == (7, 84, 84)
