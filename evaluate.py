@@ -697,7 +697,7 @@ def print_summary(s: dict) -> None:
     print(f"data              {t['data']:6.1f} s  {s['train_frames']} training frames ({s['train_episodes']} episodes), "
           f"{r['frames']} held-out frames from other episodes")
     print(f"autoencoder       {t['autoencoder']:6.1f} s  held-out reconstruction MSE {r['mse']:.5f}")
-    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step loss {s['val_pred_1step']:.4f} (pred_loss: px, presence, code)")
+    print(f"predictor         {t['predictor']:6.1f} s  held-out one-step loss {s['val_pred_1step']:.4f} (pred_loss: px, presence, turn, code)")
     print(f"eval + assets     {t['eval+assets']:6.1f} s  total {t['total']:.1f} s")
     H = ol["horizon"]
     if "const_velocity" not in ol:                   # a game without a probe: pixel figures only
