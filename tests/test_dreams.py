@@ -125,3 +125,20 @@ def test_the_turn_logit_reverses_the_ball_only_at_a_paddles_face():
         assert torch.allclose(turn, torch.tensor([[logit, 1.0], [logit, 1.0], [logit, 0.0], [logit, 0.0]]))  # logit, at a face
         step = nxt[:, W.BX] - c[:, -1, W.BX]
         assert torch.allclose(step, torch.tensor([-2.1, 2.1, 2.1, 2.1] if back else [2.1, -2.1, 2.1, 2.1]), atol=1e-4)
+
+
+def test_a_dreamed_ball_never_crawls_in_midfield():
+    """A ball that has flown for two frames in midfield moves on by one of Pong's horizontal speeds, however
+    slow its predicted step; a ball just served, or near a paddle, keeps its predicted step."""
+    c = torch.zeros(3, 4, 7)
+    c[:, :, W.BP] = 1
+    c[:, :, W.BX] = torch.tensor([[37.0, 38.0, 39.0, 40.0], [37.0, 38.0, 39.0, 40.0], [66.0, 67.0, 68.0, 69.0]])
+    c[1, :2, W.BP] = 0
+    c[1, 2, W.BP] = 0                                                   # served in the last frame only
+    nxt = torch.zeros(3, 7)
+    nxt[:, W.BX], nxt[:, W.BY] = torch.tensor([41.0, 41.0, 70.0]), 30.0
+    out = W.no_crawl(nxt, c, torch.tensor([2.1, 4.2]))
+    assert torch.allclose(out[:, W.BX], torch.tensor([42.1, 41.0, 70.0]))
+    assert torch.equal(out[:, 1:], nxt[:, 1:])
+    nxt[0, W.BX] = 36.5                                                 # backwards at 3.5 px: the nearer speed, 4.2
+    assert abs(W.no_crawl(nxt, c, torch.tensor([2.1, 4.2]))[0, W.BX].item() - 35.8) < 1e-5
