@@ -857,7 +857,8 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
               pc: PredConfig, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Open-loop error over pc.unroll steps of windows: c (B, K + U, 7), g (B, K + U, G), actions
     (B, K + U), u (B, K + U, 4). Coordinates: Huber in pixels (the ball's x, y weigh pc.ball_weight,
-    where it is present, with delta pc.ball_delta); presence: cross-entropy; global code: pc.loss. With `noise`, the context
+    where it is present, with delta pc.ball_delta); presence, and the turn where the ball is at a paddle's
+    face: cross-entropy; global code: pc.loss. With `noise`, the context
     is jittered first (noise (B, K * 6 + G), standard normal, from predictor_batch), so the predictor
     learns to recover from its own small errors."""
     K, U = p.context, pc.unroll
