@@ -58,6 +58,7 @@ BX, BY, BP, PT, PB, OT, OB = range(7)
 POS = [BX, BY, PT, PB, OT, OB]             # the positional dims
 FIELD = (PLAYFIELD[0] - 0.5, PLAYFIELD[1] - 0.5)   # the playfield's edges: rows 14..76 span [13.5, 76.5]
 CENTRE = (42.0, 45.0)                      # where an absent ball's coordinates are put (the field's middle)
+MIDFIELD = (14, 68)                        # the ball's x away from the paddles: it flies straight there, it turns only beyond
 
 
 def object_labels(p: dict[str, np.ndarray]) -> np.ndarray:
@@ -190,10 +191,10 @@ class Predictor(nn.Module):
     residual (in 4-px units). Where that step would cross a wall the ball stops at it for a frame, as
     Pong's does, and leaves it mirrored. At a paddle's face (FACES) a turn logit decides, hard, whether
     its horizontal step reverses (a return) or goes on (a miss): trained as a classifier on the
-    recorded turns, so a dream picks one instead of hedging between the two. Each paddle's centre is the last one plus a
-    residual, its height 7 rows plus a residual (absolute, so it cannot drift); presence is a logit; the global
-    code the last one plus a residual; a dream draws the nearest of 512 codes of training frames
-    (the score band it shows stays a real one).
+    recorded turns, so a dream picks one instead of hedging between the two. Each paddle's centre is
+    the last one plus a residual, its height 7 rows plus a residual (absolute, so it cannot drift);
+    presence is a logit; the global code the last one plus a residual; a dream draws the nearest of
+    512 codes of training frames (the score band it shows stays a real one).
 
     Past actions matter: in Pong the paddle's move into frame t+1 follows the action at t-1 more
     than the one at t (measured correlation 0.67 vs 0.54).
@@ -249,7 +250,7 @@ class Predictor(nn.Module):
         step = pos[:, 1:, :2] - pos[:, :-1, :2]                                # (B, K - 1, 2)
         v = step[:, -1] * both[:, -1]
         straight = ((step * step[:, -1:]) > 0).all(1) & (both.squeeze(-1) > 0.5).all(1, keepdim=True)
-        midfield = (pos[:, -1, :1] > 14) & (pos[:, -1, :1] < 68)              # away from the paddles, where it may turn
+        midfield = (pos[:, -1, :1] > MIDFIELD[0]) & (pos[:, -1, :1] < MIDFIELD[1])   # away from the paddles, where it may turn
         v = torch.where(straight & midfield, step.mean(1), v)
         # Near a wall the last step is no speed (a bounce folds it; the wall hides part of the ball): there
         # the ball keeps the window's largest vertical speed, in the last step's direction.
@@ -323,7 +324,7 @@ def no_crawl(nxt: torch.Tensor, c: torch.Tensor, speeds: torch.Tensor) -> torch.
     c (B, K, 7) moves on by the nearest of `speeds`, however far off the predicted step in nxt (B, 7)
     is (dreams had carried a slow serve on at ~1 px a step in up to 10 % of their frames)."""
     x1 = c[:, -1, BX]
-    fly = (c[:, -1, BP] > 0.5) & (c[:, -2, BP] > 0.5) & (x1 > 14) & (x1 < 68)
+    fly = (c[:, -1, BP] > 0.5) & (c[:, -2, BP] > 0.5) & (x1 > MIDFIELD[0]) & (x1 < MIDFIELD[1])
     x = torch.where(fly, x1 + snap_speed(nxt[:, BX] - x1, speeds, math.inf), nxt[:, BX])
     return torch.cat([x[:, None], nxt[:, BX + 1:]], 1)
 
