@@ -213,8 +213,20 @@ class Predictor(nn.Module):
         self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0]]))  # (S, 4) y0, vx/2, vy/2, gap seen
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
-        for name, s in zip(("speeds_x", "speeds_y"), BALL_SPEEDS):   # the ball's speeds, pixels a step
-            self.register_buffer(name, torch.tensor(s), persistent=False)
+        # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
+        # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
+        self.register_buffer("eye", torch.cat([torch.zeros(1, A), torch.eye(A)]), persistent=False)  # (A + 1, A): -1 -> 0s
+        self.register_buffer("ycol", torch.tensor([False, True]), persistent=False)               # (2,) the y column
+        self.register_buffer("xcol", torch.tensor([True, False]), persistent=False)
+        self.register_buffer("ballcol", torch.tensor([1.0, 1, 0, 0, 0, 0]), persistent=False)      # (6,) of POS
+        self.register_buffer("bpcol", torch.arange(NC) == BP, persistent=False)                   # (7,) the presence
+        lo, hi = BALL_Y_RANGE
+        self.register_buffer("lo", torch.tensor([-math.inf, lo]), persistent=False)              # (2,) x has no wall
+        self.register_buffer("hi", torch.tensor([math.inf, hi]), persistent=False)
+        n = max(map(len, BALL_SPEEDS))
+        speeds = torch.tensor([list(v) + [math.inf] * (n - len(v)) for v in BALL_SPEEDS])          # (2, n), inf-padded
+        self.register_buffer("speeds", speeds, persistent=False)
+        self.register_buffer("speeds_x", speeds[0, :len(BALL_SPEEDS[0])].clone(), persistent=False)  # no_crawl's
         self.gp = nn.Linear(G, global_proj)
         n_in = K * NC + (K - 1) * 6 + (K * A if action_conditioned else 0) + global_proj + 4
         self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
@@ -235,44 +247,43 @@ class Predictor(nn.Module):
         as a logit, next normalised global code (B, G), the turn (B, 2): its logit, and 1 where the ball
         is at a paddle's face (where the logit acts)."""
         pres = c[:, :, BP]                                                     # (B, K) 0/1
-        centre = self.centre                                                   # (6,) an absent ball sits here
-        pos = torch.cat([c[..., :BP], c[..., BP + 1:]], -1)                    # (B, K, 6): POS, as slices (cheaper backward)
-        pos = torch.cat([torch.where(pres[..., None] > 0.5, pos[..., :2], centre[:2]), pos[..., 2:]], -1)
-        posn = (pos - centre) / self.SCALE
-        both = (pres[:, 1:] * pres[:, :-1])[..., None]                         # (B, K - 1, 1)
-        vel = posn[:, 1:] - posn[:, :-1]                                       # (B, K - 1, 6)
-        vel = torch.cat([vel[..., :2] * both, vel[..., 2:]], -1)
+        xy = torch.where(pres[..., None] > 0.5, c[..., :BP], self.centre[:2])    # (B, K, 2) an absent ball sits at the centre
+        posn = (torch.cat([xy, c[..., BP + 1:]], -1) - self.centre) / self.SCALE   # (B, K, 6): POS, normalised
+        both = pres[:, 1:] * pres[:, :-1]                                      # (B, K - 1) the ball in both frames
+        vel = (posn[:, 1:] - posn[:, :-1]) * (both[..., None] * self.ballcol + (1 - self.ballcol))   # (B, K - 1, 6)
         parts = [posn.flatten(1), pres, vel.flatten(1)]
         if self.action_conditioned:
-            parts.append(F.one_hot(actions.long() + 1, self.num_actions + 1)[..., 1:].flatten(1).float())  # (B, K*A)
+            parts.append(self.eye[actions.long() + 1].flatten(1))             # (B, K * A) one-hot, unknown: zeros
         r = self.out(self.net(torch.cat([*parts, self.gp(g), u], 1)))        # (B, 7 + G)
         # The ball: constant velocity, mirrored at the walls, plus a residual.
-        step = pos[:, 1:, :2] - pos[:, :-1, :2]                                # (B, K - 1, 2)
-        v = step[:, -1] * both[:, -1]
-        straight = ((step * step[:, -1:]) > 0).all(1) & (both.squeeze(-1) > 0.5).all(1, keepdim=True)
-        midfield = (pos[:, -1, :1] > MIDFIELD[0]) & (pos[:, -1, :1] < MIDFIELD[1])   # away from the paddles, where it may turn
+        step = xy[:, 1:] - xy[:, :-1]                                          # (B, K - 1, 2)
+        v = step[:, -1] * both[:, -1:]
+        straight = ((step * step[:, -1:]) > 0).all(1) & (both > 0.5).all(1, keepdim=True)
+        x0 = xy[:, -1]                                                         # (B, 2) the last position
+        midfield = (x0[:, :1] > MIDFIELD[0]) & (x0[:, :1] < MIDFIELD[1])       # away from the paddles, where it may turn
         v = torch.where(straight & midfield, step.mean(1), v)
         # Near a wall the last step is no speed (a bounce folds it; the wall hides part of the ball): there
         # the ball keeps the window's largest vertical speed, in the last step's direction.
-        lo, hi = BALL_Y_RANGE
-        near = ((pos[:, -2:, 1] - lo).amin(1) < 3.5) | ((hi - pos[:, -2:, 1]).amin(1) < 3.5)
-        vy = (step[:, :, 1] * both[..., 0]).abs().amax(1) * torch.sign(v[:, 1])
-        v = torch.stack([v[:, 0], torch.where(near, vy, v[:, 1])], 1)
+        yy = xy[:, -2:, 1]
+        near = ((yy - BALL_Y_RANGE[0]).amin(1) < 3.5) | ((BALL_Y_RANGE[1] - yy).amin(1) < 3.5)
+        vy = (step[:, :, 1] * both).abs().amax(1) * torch.sign(v[:, 1])
+        v = torch.where(near[:, None] & self.ycol, vy[:, None], v)
         # Pong's ball moves at a few speeds only: snapped to the nearest, the base no longer carries the
         # encoder's ~0.1 px noise forward (it grew by that every step of a dream).
-        v = torch.stack([snap_speed(v[:, 0], self.speeds_x), snap_speed(v[:, 1], self.speeds_y)], 1)
+        v = snap_speed(v, self.speeds)
         # At a paddle's face (the step would carry the ball past the column where Pong turns it, and it is not
         # past it yet) the turn logit decides: back at its speed, or on.
-        x0, y0 = pos[:, -1, 0], pos[:, -1, 1]
-        face = (((x0 + v[:, 0] >= FACES[1] + 1) & (x0 <= FACES[1] + 2) & (v[:, 0] > 0))
-                | ((x0 + v[:, 0] <= FACES[0] - 0.5) & (x0 >= FACES[0] - 1.5) & (v[:, 0] < 0))) & (pres[:, -1] > 0.5)
+        xv = x0[:, 0] + v[:, 0]
+        face = (((xv >= FACES[1] + 1) & (x0[:, 0] <= FACES[1] + 2) & (v[:, 0] > 0))
+                | ((xv <= FACES[0] - 0.5) & (x0[:, 0] >= FACES[0] - 1.5) & (v[:, 0] < 0))) & (pres[:, -1] > 0.5)
         turn = r[:, -1]
-        x = x0 + torch.where(face & (turn > 0), -v[:, 0], v[:, 0])
+        p = x0 + torch.where((face & (turn > 0))[:, None] & self.xcol, -v, v)  # (B, 2)
         # A step that would cross a wall ends at it (the ball shows at the wall for a frame); from the wall it
-        # leaves mirrored.
-        y, at = y0 + v[:, 1], (y0 - lo < 0.6) | (hi - y0 < 0.6)
-        y = torch.where(y < lo, torch.where(at, 2 * lo - y, lo), torch.where(y > hi, torch.where(at, 2 * hi - y, hi), y))
-        ball = torch.where(pres[:, -1:] > 0.5, torch.stack([x, y], 1), centre[:2]) + self.BALL_RES * r[:, :BP]
+        # leaves mirrored. (x has walls at -inf and inf.)
+        lo, hi = self.lo, self.hi
+        at = (x0 - lo < 0.6) | (hi - x0 < 0.6)
+        p = torch.where(p < lo, torch.where(at, 2 * lo - p, lo), torch.where(p > hi, torch.where(at, 2 * hi - p, hi), p))
+        ball = torch.where(pres[:, -1:] > 0.5, p, self.centre[:2]) + self.BALL_RES * r[:, :BP]
         # The paddles, (player, opponent) at once: centre plus residual, height 7 rows plus residual.
         edges = c[:, -1, PT:NC]                                                # (B, 4) PT, PB, OT, OB
         mid = (edges[:, 0::2] + edges[:, 1::2]) / 2 + self.SCALE * r[:, PT:NC:2]   # (B, 2)
@@ -283,9 +294,11 @@ class Predictor(nn.Module):
 
 
 def snap_speed(v: torch.Tensor, speeds: torch.Tensor, within: float = 0.4) -> torch.Tensor:
-    """Velocities v (B,) moved to the nearest of `speeds` (>= 0, either sign) when within `within` px."""
-    dist, j = (v.abs()[:, None] - speeds).abs().min(1)
-    return torch.where(dist < within, speeds[j] * torch.sign(v), v)
+    """Velocities v (B,) moved to the nearest of `speeds` (S,) (>= 0, either sign) when within `within` px;
+    or v (B, 2) to the nearest of each column's speeds (2, S) (inf-padded)."""
+    dist, j = (v.abs()[..., None] - speeds).abs().min(-1)                   # (B,) or (B, 2)
+    near = speeds[j] if speeds.dim() == 1 else speeds.gather(1, j.T).T
+    return torch.where(dist < within, near * torch.sign(v), v)
 
 
 def onto_field(c: torch.Tensor) -> torch.Tensor:
@@ -873,7 +886,7 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
         nxts.append(nxt)
         gls.append(gl)
         turns.append(turn)
-        fed = torch.cat([nxt[:, :BP], (nxt[:, BP:BP + 1] > 0).float(), nxt[:, BP + 1:]], 1)   # what a dream feeds back
+        fed = torch.where(p.bpcol, (nxt > 0).float(), nxt)                    # what a dream feeds back: presence 0/1
         ctx = torch.cat([ctx[:, 1:], fed[:, None]], 1)
     # The losses of all U steps at once (fewer, larger operations: the step is bound by their count).
     nxt, gl, tgt = torch.stack(nxts, 1).float(), torch.stack(gls, 1).float(), c[:, K:K + U]   # (B, U, 7), (B, U, G)
