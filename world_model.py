@@ -42,8 +42,8 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, FACES, PADDLE_COLS, PADDLE_ROWS, PLAYFIELD,
-                        object_agreement, probe, returned_ball)
+from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
+                        PLAYFIELD, UP_ACTIONS, object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
                      panels, peak_rss_mb, read_checkpoint, restore, strip, which_checkpoint, write_checkpoint)
@@ -342,6 +342,18 @@ def no_crawl(nxt: torch.Tensor, c: torch.Tensor, speeds: torch.Tensor) -> torch.
     return torch.cat([x[:, None], nxt[:, BX + 1:]], 1)
 
 
+def held(nxt: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Dreams only: after two UP actions in a row (the window's last two, actions (B, K)) neither edge of
+    the player's paddle moves down, after two DOWN neither moves up, as in every recorded step
+    (UP_ACTIONS, data/probe.py). Fed only UP, dreams of one training seed in three had let the paddle
+    creep down off the top wall, a little every step, while the ball was out."""
+    up, down = (torch.isin(actions[:, -2:], torch.tensor(s, device=actions.device)).all(1, keepdim=True)
+                for s in (UP_ACTIONS, DOWN_ACTIONS))
+    old, new = c[:, -1, PT:PB + 1], nxt[:, PT:PB + 1]                       # (B, 2) top and bottom edges
+    new = torch.where(up, torch.minimum(new, old), torch.where(down, torch.maximum(new, old), new))
+    return torch.cat([nxt[:, :PT], new, nxt[:, PB + 1:]], 1)
+
+
 @dataclass
 class Dream:
     """What a dream carries from step to step: the window of K latents as the predictor reads them,
@@ -487,6 +499,8 @@ class WorldModel(nn.Module):
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
         nxt, g, _ = p(d.c, d.g, actions, u)
         nxt = no_crawl(onto_field(nxt), d.c, p.speeds_x)
+        if p.action_conditioned:                                                # a model blind to actions stays so
+            nxt = held(nxt, d.c, actions)
         on = (nxt[:, BP] > 0) & (nxt[:, BX] >= BALL_X_RANGE[0]) & (nxt[:, BX] <= BALL_X_RANGE[1])   # past: out of play
         gone = (~on & ~out).cpu()
         serve = d.serve.clone()

@@ -32,6 +32,8 @@ FACES = (9.5, 73.5)        # the ball's x in the frame a paddle turns it at (9.5
 # Measured on 20,000 recorded frames of random and tracker play (seeds 7, 11).
 BALL_SPEEDS = ((2.1, 4.2), (0.0, 1.6, 3.2))
 UP, DOWN = 2, 3            # the ALE actions that move the player's paddle up (RIGHT) and down (LEFT)
+UP_ACTIONS, DOWN_ACTIONS = (UP, 4), (DOWN, 5)   # with RIGHTFIRE and LEFTFIRE: after two of either kind in a row
+                           # neither edge of the player's paddle moved against them (0 of 3,694 / 3,476 recorded steps)
 
 
 def _drop_ball_fragments(on: np.ndarray, near_ball: np.ndarray, ball_y: np.ndarray) -> np.ndarray:

@@ -142,3 +142,18 @@ def test_a_dreamed_ball_never_crawls_in_midfield():
     assert torch.equal(out[:, 1:], nxt[:, 1:])
     nxt[0, W.BX] = 36.5                                                 # backwards at 3.5 px: the nearer speed, 4.2
     assert abs(W.no_crawl(nxt, c, torch.tensor([2.1, 4.2]))[0, W.BX].item() - 35.8) < 1e-5
+
+
+def test_a_dreamed_player_paddle_never_moves_against_two_held_actions():
+    """After two UP actions (RIGHT or RIGHTFIRE) in a row neither edge of the player's paddle moves down, after
+    two DOWN neither moves up; one UP after another action, unknown actions, and the opponent are left alone."""
+    from data.probe import DOWN, UP
+    c = torch.zeros(5, 4, 7)
+    c[:, -1, W.PT], c[:, -1, W.PB] = 30.0, 37.0
+    nxt = torch.zeros(5, 7)
+    nxt[:, W.PT], nxt[:, W.PB], nxt[:, W.OT] = 31.0, 36.0, 50.0          # the top edge down, the bottom up
+    actions = torch.tensor([[0, 0, UP, 4], [0, 0, DOWN, 5], [0, 0, 0, UP], [-1, -1, -1, -1], [0, 0, UP, DOWN]])
+    out = W.held(nxt, c, actions)
+    assert out[:, W.PT].tolist() == [30.0, 31.0, 31.0, 31.0, 31.0]     # UP held: the top edge stays
+    assert out[:, W.PB].tolist() == [36.0, 37.0, 36.0, 36.0, 36.0]     # DOWN held: the bottom edge stays
+    assert torch.equal(out[:, W.OT:], nxt[:, W.OT:]) and torch.equal(out[:, :W.PT], nxt[:, :W.PT])
