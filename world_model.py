@@ -226,7 +226,6 @@ class Predictor(nn.Module):
         n = max(map(len, BALL_SPEEDS))
         speeds = torch.tensor([list(v) + [math.inf] * (n - len(v)) for v in BALL_SPEEDS])          # (2, n), inf-padded
         self.register_buffer("speeds", speeds, persistent=False)
-        self.register_buffer("speeds_x", speeds[0, :len(BALL_SPEEDS[0])].clone(), persistent=False)  # no_crawl's
         self.gp = nn.Linear(G, global_proj)
         n_in = K * NC + (K - 1) * 6 + (K * A if action_conditioned else 0) + global_proj + 4
         self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
@@ -498,7 +497,7 @@ class WorldModel(nn.Module):
         u = torch.stack([torch.where(out, d.serve[:, 0], zero), torch.where(just, d.serve[:, 1], zero),
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
         nxt, g, _ = p(d.c, d.g, actions, u)
-        nxt = no_crawl(onto_field(nxt), d.c, p.speeds_x)
+        nxt = no_crawl(onto_field(nxt), d.c, p.speeds[0])                     # x's speeds (an inf pad is never nearest)
         if p.action_conditioned:                                                # a model blind to actions stays so
             nxt = held(nxt, d.c, actions)
         on = (nxt[:, BP] > 0) & (nxt[:, BX] >= BALL_X_RANGE[0]) & (nxt[:, BX] <= BALL_X_RANGE[1])   # past: out of play
