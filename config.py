@@ -26,7 +26,7 @@ from data.probe import BALL_THRESHOLD
 NC = 7                      # the latent's first NC dims are Pong's object coordinates (world_model.py, models)
 LOSSES = ("mse", "huber")
 SCHEDULES = ("one_cycle", "cosine", "constant")
-PHASES = ("ae", "pred")     # the two training loops, in order (a config section each)
+PHASES = ("ae", "pred", "tune")   # the training phases, in order (a config section each): loop 1, then loop 2's two
 
 
 @dataclass
@@ -81,7 +81,10 @@ class AEConfig:
 
 @dataclass
 class PredConfig:
-    steps: int = 1500             # optimizer steps of the predictor loop
+    steps: int = 1200             # optimizer steps of the predictor loop (its first phase, on pred.coords)
+    coords: str = "probe"         # the coordinates it learns from: probe (the probe's positions in the recorded frames:
+                                  # no autoencoder needed, so on a CPU it trains beside loop 1, train.beside) | encoder
+                                  # (the trained encoder's latents; games without Pong's objects always use these)
     batch_size: int = 128         # windows per step
     lr: float = 2e-3              # peak learning rate (optim.lr, when set, replaces it)
     schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
@@ -98,6 +101,14 @@ class PredConfig:
     noise_global: float = 0.05    # Gaussian noise on the context's normalised global code
     latents_on_disk_above: int = 250_000  # training sets with more frames keep their latents in files (in the run
                                   # folder, deleted after the phase), read per batch: memory does not grow with the set
+
+
+@dataclass
+class TuneConfig:
+    """Loop 2's second phase: the predictor on the encoder's own latents (the global code, the encoder's errors)."""
+    steps: int = 150              # optimizer steps (0: none; then a pred.coords=probe dream never changes the score band)
+    lr: float = 2e-3              # peak learning rate (optim.lr, when set, replaces it)
+    schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
 
 
 @dataclass
@@ -128,6 +139,8 @@ class TrainConfig:
     cpu: bool = False             # force the CPU whatever device says
     precision: str = "fp32"       # fp32 | bf16 | fp16 (autocast; CUDA only)
     compile: bool = False         # torch.compile the training modules (CUDA only; checkpoints hold the plain module)
+    beside: bool = True           # on a CPU with >= 2 cores, loop 2's first phase (pred.coords=probe) runs in a second
+                                  # process beside loop 1, one thread each (the same result, ~40 % less time)
 
 
 @dataclass
@@ -172,6 +185,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     pred: PredConfig = field(default_factory=PredConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -179,7 +193,7 @@ class Config:
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
 
     def lr(self, phase: str) -> float:
-        """The peak learning rate of a phase: optim.lr when set, else ae.lr / pred.lr."""
+        """The peak learning rate of a phase: optim.lr when set, else ae.lr / pred.lr / tune.lr."""
         return self.optim.lr if self.optim.lr is not None else getattr(self, phase).lr
 
     def refreshes_assets(self) -> bool:
@@ -243,16 +257,17 @@ RULES: dict[str, object] = {
     "ae.bright_threshold": "(0, 1)", "ae.peak_weight": _NONNEG, "ae.margin_weight": _NONNEG, "ae.margin": "[0, 0.5)",
     "ae.returned_ball_weight": _NONNEG, "ae.grad_clip": _POS, "ae.coord_weight": _NONNEG,
     "ae.presence_weight": _NONNEG,
-    "pred.steps": _INT1, "pred.batch_size": _INT1, "pred.lr": _POS, "pred.schedule": SCHEDULES, "pred.loss": LOSSES,
+    "pred.steps": _INT1, "pred.coords": ("probe", "encoder"), "pred.batch_size": _INT1, "pred.lr": _POS, "pred.schedule": SCHEDULES, "pred.loss": LOSSES,
     "pred.huber_delta": _POS, "pred.unroll": _INT1, "pred.grad_clip": _POS, "pred.unknown_past_prob": "[0, 1]",
     "pred.ball_weight": _NONNEG, "pred.ball_delta": _POS, "pred.global_weight": _NONNEG, "pred.noise_px": _NONNEG,
     "pred.noise_global": _NONNEG, "pred.latents_on_disk_above": _NONNEG,
+    "tune.steps": _NONNEG, "tune.lr": _POS, "tune.schedule": SCHEDULES,
     "optim.lr": "optional > 0", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.weight_decay": _NONNEG,
     "optim.warmup": "[0, 1)",
     "eval.val_every": _INT1, "eval.log_every": _INT1, "eval.val_frames": _INT1, "eval.video_frames": _INT1,
     "eval.rollout_frames": _INT1, "eval.fps": _INT1, "eval.summary_horizon": _INT1, "eval.summary_starts": _INT1,
     "train.seed": _NONNEG, "train.device": ("auto", "cpu", "cuda", "mps"), "train.cpu": "bool",
-    "train.precision": ("fp32", "bf16", "fp16"), "train.compile": "bool",
+    "train.precision": ("fp32", "bf16", "fp16"), "train.compile": "bool", "train.beside": "bool",
     "experiment.name": "name", "experiment.out_dir": "path", "experiment.assets_dir": "path",
     "experiment.refresh_assets": ("default", "always", "never"),
     "experiment.wandb.mode": ("disabled", "offline", "online"), "experiment.wandb.project": "name",
@@ -265,7 +280,7 @@ RULES: dict[str, object] = {
 
 
 # What changes a run's result; the rest (where files go, which device, loader processes) does not.
-NOT_RECIPE = ("experiment", "heldout", "train.device", "train.cpu", "train.compile", "data.num_workers",
+NOT_RECIPE = ("experiment", "heldout", "train.device", "train.cpu", "train.compile", "train.beside", "data.num_workers",
               "data.prefetch_factor", "data.persistent_workers", "data.pin_memory")
 
 
@@ -399,7 +414,7 @@ def train_device(cfg: Config) -> torch.device:
 
 
 # A few seconds end to end: the tests and the notebook's WM_SMOKE=1 mode use it.
-SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "ae.steps=40", "pred.steps=40", "model.width=16",
+SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "ae.steps=40", "pred.steps=40", "tune.steps=20", "model.width=16",
                 "model.hidden=64", "eval.rollout_frames=20", "eval.video_frames=20", "eval.val_every=20",
                 "eval.log_every=10", "heldout.steps=600", "heldout.horizon=20", "heldout.starts=16", "heldout.long_horizon=40",
                 "heldout.long_starts=2", "heldout.dream_steps=40", "heldout.dreams=2", "heldout.videos=1",

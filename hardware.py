@@ -78,7 +78,7 @@ def start_distributed(cfg: Config) -> bool:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))     # "cuda" is now this process's GPU
     torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=DIST_TIMEOUT_S))
     world = torch.distributed.get_world_size()
-    for phase in PHASES:
+    for phase in (p for p in PHASES if hasattr(getattr(cfg, p), "batch_size")):   # tune uses pred's batches
         if getattr(cfg, phase).batch_size % world:
             raise UsageError(f"{phase}.batch_size={getattr(cfg, phase).batch_size} does not split into {world} "
                              f"processes: use a multiple of {world}")

@@ -20,8 +20,10 @@ to the next latent; rolled out open loop it dreams the game.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -587,13 +589,13 @@ def frame_loader(cfg: Config, data: FrameData, first_step: int, probed: dict | N
                                        num_workers=d.num_workers, pin_memory=d.pin_memory, **extra)
 
 
-def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step: int
+def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step: int, phase: str = "pred"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The predictor's batch of step `step`: frame indices (B, K + U) of windows inside one episode, the
     actions at them (B, K + U), in which, as at the start of a dream, a share pred.unknown_past_prob
     of the windows do not know the actions before their last context frame (-1), and the step's
     standard-normal context noise (B, K * 6 + G): the context's positions, then its global code."""
-    rng, K = step_rng(cfg, "pred", step), cfg.model.context
+    rng, K = step_rng(cfg, phase, step), cfg.model.context
     w = torch.from_numpy(window_batch(starts, K + cfg.pred.unroll, cfg.pred.batch_size, rng))   # (B, K + U)
     a = actions[w]
     unknown = torch.from_numpy(rng.random((len(a), 1)) < cfg.pred.unknown_past_prob).to(a.device)
@@ -738,10 +740,11 @@ def _background(frames: np.ndarray, n: int = 4096) -> np.ndarray:
 
 
 def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions: int | None = None,
-                      progress: bool = True, run: "Run | None" = None, resume: dict | None = None
-                      ) -> tuple[WorldModel, list[dict]]:
+                      progress: bool = True, run: "Run | None" = None, resume: dict | None = None,
+                      probed: dict | None = None) -> tuple[WorldModel, list[dict]]:
     """Loop 1: fit the autoencoder on single frames. Returns a WorldModel (predictor untrained) and the
-    validation history. `run` writes metrics, pictures and checkpoints; `resume` is a checkpoint dict."""
+    validation history. `run` writes metrics, pictures and checkpoints; `resume` is a checkpoint dict;
+    `probed`: probe() of the training frames, if already found (else each batch is probed)."""
     torch.manual_seed(cfg.train.seed)
     dev = train_device(cfg.check_host())
     wm = WorldModel(cfg, num_actions or train.num_actions, train.game).to(dev)
@@ -756,7 +759,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
         cfg = replace(cfg, ae=replace(cfg.ae, coord_weight=0.0, presence_weight=0.0, returned_ball_weight=0.0))
     val_x = torch.from_numpy(val.frames[evenly(len(val), cfg.eval.val_frames)])
     val_labels = torch.from_numpy(object_labels(probe(val_x.numpy()))).to(dev)
-    loader = frame_loader(cfg, train, first)                                   # labels: probed per batch
+    loader = frame_loader(cfg, train, first, probed if wm.objects else None)
     history = []
 
     def validate(step: int) -> float:
@@ -780,13 +783,14 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
     bar = tqdm(loader, desc="autoencoder", disable=not progress or rank_world()[0] > 0, mininterval=1.0,
                initial=first - 1, total=cfg.ae.steps)
     meter = Meter()
-    for step, (x, labels) in enumerate(bar, first):
-        ae.train()
-        with prec.autocast():
-            loss, m = ae_loss(net, x.to(dev, non_blocking=True), labels.to(dev), cfg.ae, ae.background)
-        prec.step(loss, opt, sched, cfg.ae.grad_clip)
-        meter.add(len(x), loss=loss.detach(), mse=m["mse"], coord=m["coord"])
-        best = end_of_step(cfg, "ae", step, meter, sched, bar, run, validate, wm, opt, best)
+    with one_thread(dev.type == "cpu"):    # a step of 64 small frames gains nothing from a second thread (114 vs 141 ms)
+        for step, (x, labels) in enumerate(bar, first):
+            ae.train()
+            with prec.autocast():
+                loss, m = ae_loss(net, x.to(dev, non_blocking=True), labels.to(dev), cfg.ae, ae.background)
+            prec.step(loss, opt, sched, cfg.ae.grad_clip)
+            meter.add(len(x), loss=loss.detach(), mse=m["mse"], coord=m["coord"])
+            best = end_of_step(cfg, "ae", step, meter, sched, bar, run, validate, wm, opt, best)
     return wm.eval(), history
 
 
@@ -808,10 +812,13 @@ class Latents:
     folder, as float32 rows in files read per batch with os.preadv, so that memory does not grow with the
     set (pred.latents_on_disk_above). Both give the same batches (tests/test_distributed.py)."""
 
-    def __init__(self, wm: WorldModel, data: FrameData, folder: Path | None = None, chunk: int = 8192):
+    def __init__(self, wm: WorldModel, data: FrameData, folder: Path | None = None, chunk: int = 8192,
+                 labels: np.ndarray | None = None):
         self.wm, self.n, self.D = wm, len(data), wm.cfg.model.latent_dim
-        self.z = self.u = None
-        if folder is None:
+        self.z = self.u = self.labels = None
+        if labels is not None:      # the probe's object_labels (N, 7) stand for the coordinates, the global code is 0
+            self.labels = torch.from_numpy(labels).to(wm.device)
+        elif folder is None:
             self.z = encode_all(wm, data.frames)                                     # (N, D)
         else:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -839,6 +846,9 @@ class Latents:
 
     def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation (+ 1e-3) of the global code over the set, for normalising it."""
+        if self.labels is not None:
+            zero = torch.zeros(self.D - NC, device=self.wm.device)
+            return zero, zero + 1e-3
         if self.z is not None:
             return self.z[:, NC:].mean(0), self.z[:, NC:].std(0) + 1e-3
         mean = self.sums[0] / self.n
@@ -852,6 +862,9 @@ class Latents:
         return c, g, u
 
     def _z(self, w: torch.Tensor) -> torch.Tensor:
+        if self.labels is not None:
+            c = self.labels[w]
+            return torch.cat([c, c.new_zeros(*c.shape[:-1], self.D - NC)], -1)
         return self.z[w] if self.z is not None else _read_rows(self.fds[0], w, self.D).to(self.wm.device)
 
     def close(self) -> None:
@@ -918,7 +931,7 @@ def pred_loss(p: nn.Module, c: torch.Tensor, g: torch.Tensor, actions: torch.Ten
     turned = ((step[:, 1:] * step[:, :-1] < 0) & (rp[:, 2:] * rp[:, 1:-1] * rp[:, :-2] > 0.5)).float()  # (B, U)
     tl = torch.stack(turns, 1).float()                                        # (B, U, 2) logit, at a face
     turn = (F.binary_cross_entropy_with_logits(tl[..., 0], turned, reduction="none") * tl[..., 1]).sum(0)
-    turn = (turn / shared(tl[..., 1].sum(0)).clamp(min=1)).sum()
+    turn = (turn / shared(tl[..., 1].sum(0)).clamp(min=1 / rank_world()[1])).sum()   # at least 1 face in all ranks
     glob = point_loss(gl, g[:, K:K + U], pc.loss, pc.huber_delta).mean((0, 2)).sum()
     return (coord + presence + turn + pc.global_weight * glob) / U, {"coord": coord / U, "presence": presence / U,
                                                                      "turn": turn / U, "global": glob / U}
@@ -936,18 +949,40 @@ class Unrolled(nn.Module):
 
 
 def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
-                    run: "Run | None" = None, resume: dict | None = None) -> tuple[WorldModel, list[dict]]:
-    """Loop 2: fit the predictor on latents of the frozen encoder, on windows that never cross an episode end."""
+                    run: "Run | None" = None, resume: dict | None = None, beside: "Beside | None" = None,
+                    probed: dict | None = None) -> tuple[WorldModel, list[dict]]:
+    """Loop 2, on windows that never cross an episode end, the encoder frozen. Its first phase, 'pred',
+    reads pred.coords: the probe's positions of the objects in the recorded frames (Pong; no autoencoder
+    needed: `beside` hands over the same phase run by a second process while loop 1 trained) or the
+    encoder's latents. Then 'tune' goes on for tune.steps on the encoder's own latents: the global code
+    (the score band), and the encoder's small errors, which dreams start from. `probed`: probe() of the
+    training frames, if already found."""
     torch.manual_seed(cfg.train.seed + 1)
     cfg.check_host()
     for prm in wm.ae.parameters():
         prm.requires_grad_(False)
+    on_probe = cfg.pred.coords == "probe" and wm.objects
+    at = (resume["phase"], int(resume["step"])) if resume is not None else ("pred", 0)
     big = len(train) > cfg.pred.latents_on_disk_above                # latents in files: memory stays flat
     folder = Path(tempfile.mkdtemp(prefix="latents-", dir=run.path if run else None)) if big else None
     lat = vlat = None
+    history = []
     try:
+        if at[0] == "pred" and on_probe and (beside is not None or at[1] < cfg.pred.steps):
+            history += fit_on_probe(cfg, wm, train, val, progress, run, resume if at[1] else None, beside, probed)
+            resume = None
         lat, vlat = Latents(wm, train, folder and folder / "train"), Latents(wm, val, folder and folder / "val")
-        return _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
+        if at[0] == "pred" and not on_probe:
+            history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
+            resume = None
+        if cfg.tune.steps > 0:
+            if on_probe and at[0] != "tune":    # the global code was 0 until now: its projection starts from 0
+                nn.init.zeros_(wm.predictor.gp.weight)
+            history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume if at[0] == "tune" else None,
+                                        phase="tune")
+        else:
+            adopt(wm.predictor, lat)
+        return wm.eval(), history
     finally:
         for x in (lat, vlat):
             if x is not None:
@@ -956,15 +991,142 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, lat: Latents, vlat: Latents,
-                     progress: bool, run: "Run | None", resume: dict | None) -> tuple[WorldModel, list[dict]]:
-    p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
+def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
+                 run: "Run | None" = None, resume: dict | None = None, beside: "Beside | None" = None,
+                 probed: dict | None = None) -> list[dict]:
+    """Loop 2's first phase on the probe's coordinates of the recorded frames (object_labels), the global
+    code 0 (it has no loss here: tune learns it). With `beside`, the result of the same phase from the
+    second process: its predictor, its metric rows and a checkpoint, as if it had run here."""
+    p = wm.predictor
+    pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
+    if beside is not None:
+        out = beside.result()
+        p.load_state_dict(out["predictor"])
+        opt, sched = make_optimizer(cfg, "pred", p.parameters())
+        opt.load_state_dict(out["optimizer"])
+        sched.load_state_dict(out["scheduler"])
+        torch.set_rng_state(out["rng"])
+        if run is not None:
+            for row in out["rows"]:
+                run.log(row)
+            for row in out["history"]:
+                run.log_val(row)
+            run.checkpoint(wm, "pred", cfg.pred.steps, opt, sched, out["history"][-1]["val_loss"], out["best"])
+        return out["history"]
+    labels = object_labels(probe(train.frames) if probed is None else probed)
+    lat = Latents(wm, train, labels=labels)
+    vlat = Latents(wm, val, labels=object_labels(probe(val.frames)))
+    return _train_predictor(pc, wm, train, val, lat, vlat, progress, run, resume, pictures=False)
+
+
+class Later:
+    """A Run's stand-in for a phase trained in another process: it keeps the metric rows (written by the
+    main process when the phase is handed over) and writes no checkpoint."""
+
+    def __init__(self):
+        self.rows, self.path = [], None
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def log_val(self, row: dict) -> None:
+        pass                            # the phase's history holds them
+
+    def checkpoint(self, wm, phase, step, opt, sched, val_loss: float, best: float) -> float:
+        return min(best, val_loss)
+
+
+class Beside:
+    """Loop 2's first phase (pred.coords=probe) in a second process, started before loop 1: it reads the
+    probe's coordinates, not the autoencoder, so on a CPU with two cores both loops train at once, one
+    thread each (each loop's step is too small to gain from a second thread). The result is the one the
+    phase gives in-process (tests/test_training.py). result() waits for it."""
+
+    def __init__(self, cfg: Config, train: FrameData, val: FrameData, probed: dict):
+        ctx = multiprocessing.get_context("spawn")            # fork would copy this process's thread pools
+        self.conn, child = ctx.Pipe(duplex=False)
+        parts = [(object_labels(p), d.actions, d.episode) for d, p in ((train, probed), (val, probe(val.frames)))]
+        self.proc = ctx.Process(target=_beside, args=(cfg, train.game, train.num_actions, parts, child), daemon=True)
+        self.proc.start()
+        child.close()
+        self.peak_rss_mb = float("nan")
+
+    def result(self) -> dict:
+        try:
+            out = self.conn.recv()
+        except EOFError:
+            out = f"it ended with exit code {self.proc.exitcode} and no result"
+        finally:
+            self.proc.join()
+        if isinstance(out, BaseException):
+            raise out
+        if isinstance(out, str):
+            raise RuntimeError(f"loop 2's process beside loop 1 failed: {out}")
+        out = torch.load(io.BytesIO(out), weights_only=True)  # tensors as bytes: no shared-memory handles to outlive it
+        self.peak_rss_mb = out["peak_rss_mb"]
+        return out
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+def _beside(cfg: Config, game: str, num_actions: int, parts: list, conn) -> None:
+    """The second process: fit_on_probe on the labels (frames are not needed), the result sent back."""
+    import signal
+    from data.d4rl_frames import die_with_parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it stops this one
+    os.environ.pop("WM_DIE_AT", None)                  # so is the crash-test hook
+    die_with_parent()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(cfg.train.seed)                  # the predictor starts as train_autoencoder's WorldModel's
+        wm = WorldModel(cfg, num_actions, game).to(train_device(cfg))
+        torch.manual_seed(cfg.train.seed + 1)              # as train_predictor
+        (lt, at, et), (lv, av, ev) = parts
+        blank = lambda n: np.broadcast_to(np.zeros((1, 84, 84), np.uint8), (n, 84, 84))   # noqa: E731 (frames unused)
+        train = FrameData(blank(len(lt)), at, et, None, game, num_actions)
+        val = FrameData(blank(len(lv)), av, ev, None, game, num_actions)
+        pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
+        run, state = Later(), {}
+        history = _train_predictor(pc, wm, train, val, Latents(wm, train, labels=lt), Latents(wm, val, labels=lv),
+                                   False, run, None, pictures=False, state=state)
+        buf = io.BytesIO()
+        torch.save(dict(predictor=wm.predictor.state_dict(), rows=run.rows, history=history, rng=torch.get_rng_state(),
+                        best=min(r["val_loss"] for r in history), peak_rss_mb=peak_rss_mb(), **state), buf)
+        conn.send(buf.getvalue())
+    except BaseException as e:  # noqa: BLE001 (everything goes back to the main process)
+        import pickle
+        import traceback
+        try:
+            pickle.dumps(e)
+            conn.send(e)
+        except Exception:
+            conn.send(traceback.format_exc())
+    finally:
+        conn.close()
+
+
+def adopt(p: Predictor, lat: Latents) -> None:
+    """The predictor's statistics of a set's latents: the global code's mean and spread, the serves seen, and
+    512 of its (normalised) global codes, which dreams draw their score band from."""
     mean, std = lat.stats()
     p.gmean.copy_(mean)
     p.gstd.copy_(std)
     if len(lat.serves):
-        p.serves = torch.from_numpy(lat.serves).to(dev)
+        p.serves = torch.from_numpy(lat.serves).to(p.gmean.device)
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
+
+
+def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, lat: Latents, vlat: Latents,
+                     progress: bool, run: "Run | None", resume: dict | None, phase: str = "pred", pictures: bool = True,
+                     state: dict | None = None) -> list[dict]:
+    """One phase of loop 2 on the latents `lat` (validation: `vlat`); returns its validation rows. Without
+    `pictures` (the autoencoder may not be trained yet) validation computes the losses only; `state`, if
+    given, receives the optimizer's and scheduler's final states."""
+    p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
+    adopt(p, lat)
     a_train, a_val = torch.from_numpy(np.asarray(train.actions)).to(dev), torch.from_numpy(np.asarray(val.actions)).to(dev)
     starts, vstarts = train.starts(K + U), val.starts(K + U)
     if len(starts) == 0 or len(vstarts) == 0:
@@ -972,11 +1134,11 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
                          f"frames (model.context + pred.unroll): use longer episodes or lower them")
     vwin = torch.from_numpy(vstarts[evenly(len(vstarts), 512), None] + np.arange(K + U)[None])   # (V, K + U)
     vc, vg, vu = vlat.rows(vwin)
-    opt, sched = make_optimizer(cfg, "pred", p.parameters())
+    opt, sched = make_optimizer(cfg, phase, p.parameters())
     prec, net = Precision(cfg, dev), data_parallel(Unrolled(torch.compile(p) if cfg.train.compile else p), dev)
     first, best = 1, float("inf")
     if resume is not None:
-        first, best = restore(resume, "pred", wm, opt, sched) + 1, resume["best"]
+        first, best = restore(resume, phase, wm, opt, sched) + 1, resume["best"]
     vs = val.starts(K + 1)
     vone = vs[evenly(len(vs), 8)]                                                       # one-step picture starts
     vvid = val.starts(K + cfg.eval.video_frames)[:1]                                    # the video's start, if any
@@ -988,40 +1150,49 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
             one = replace(cfg.pred, unroll=1)
             v1 = pred_loss(p, vc, vg, a_val[vwin], vu, one)[0].item()
             vun = pred_loss(p, vc, vg, a_val[vwin], vu, cfg.pred)[0].item()
+        row = {"phase": phase, "step": step, "val_loss": vun, "pred_1step": v1}
+        if not pictures:
+            history.append(row)
+            if run is not None:
+                run.log_val(row)
+            return vun
+        with torch.no_grad():
             w = vone[:, None] + np.arange(K)[None]                                   # (8, K)
             nxt = to_uint8(wm.dream_step(wm.encode_context(torch.from_numpy(val.frames[w])),
                                          a_val[torch.from_numpy(w)])[1])             # teacher-forced next frames
         real = np.asarray(val.frames[vone + K])
         ok = object_agreement(real, nxt) if wm.objects else {}
-        row = {"phase": "pred", "step": step, "val_loss": vun, "pred_1step": v1,
-               "pred_1step_mse": pixel_mse(nxt, real),
+        row |= {"pred_1step_mse": pixel_mse(nxt, real),
                **{f"pred_{k}": float(v.mean()) for k, v in ok.items()}}
         history.append(row)
         if run is not None:
             run.log_val(row)
-            run.image(f"pred_step{step:06d}.png", strip(real, nxt))
+            run.image(f"{phase}_step{step:06d}.png", strip(real, nxt))
             if len(vvid):
                 s, H = int(vvid[0]), cfg.eval.video_frames
                 dream = wm.rollout(val.frames[s:s + K], val.actions[s + K - 1:s + K - 1 + H], val.actions[s:s + K - 1])
-                run.video(f"pred_step{step:06d}", panels([val.frames[s + K:s + K + H], dream], ["real  t={t}", "dream"]))
+                run.video(f"{phase}_step{step:06d}", panels([val.frames[s + K:s + K + H], dream], ["real  t={t}", "dream"]))
         return vun
 
     if first == 1 and rank_world()[0] == 0:
         best = validate(0)
-    rows = range(first, cfg.pred.steps + 1)
-    bar = tqdm(rows, desc="predictor", disable=not progress or rank_world()[0] > 0, mininterval=1.0, initial=first - 1, total=cfg.pred.steps)
+    steps = getattr(cfg, phase).steps
+    bar = tqdm(range(first, steps + 1), desc="predictor" if phase == "pred" else "predictor, tuning", mininterval=1.0,
+               disable=not progress or rank_world()[0] > 0, initial=first - 1, total=steps)
     meter = Meter()
     with one_thread(dev.type == "cpu"):
         for step in bar:
             p.train()
-            w, a, noise = (my_part(x) for x in predictor_batch(cfg, starts, a_train, step))   # (B, K + U) ...
+            w, a, noise = (my_part(x) for x in predictor_batch(cfg, starts, a_train, step, phase))   # (B, K + U) ...
             with prec.autocast():
                 c, g, u = lat.rows(w)                                               # (B, K + U, ...)
                 loss, parts = net(c, g, a, u, cfg.pred, noise)
             prec.step(loss, opt, sched, cfg.pred.grad_clip)
             meter.add(len(w), loss=loss.detach(), coord=parts["coord"].detach())
-            best = end_of_step(cfg, "pred", step, meter, sched, bar, run, validate, wm, opt, best)
-    return wm.eval(), history
+            best = end_of_step(cfg, phase, step, meter, sched, bar, run, validate, wm, opt, best)
+    if state is not None:
+        state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict())
+    return history
 
 
 # ------------------------------------------------------------------------------------ pipeline and command line
@@ -1077,18 +1248,32 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     if ckpt is None and main_rank:
         run = Run.create(cfg)
     t = time.perf_counter()
-    ae_hist = []
-    if ckpt is None or ckpt["phase"] == "ae":
-        wm, ae_hist = train_autoencoder(cfg, train, val, progress=progress, run=run, resume=ckpt)
-        ckpt = None
-    else:
-        wm = WorldModel.from_checkpoint(ckpt).to(train_device(cfg))
-    times["autoencoder"] = time.perf_counter() - t
-    peak = {"autoencoder": peak_rss_mb()}
-    t = time.perf_counter()
-    wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt)
-    times["predictor"] = time.perf_counter() - t
+    ae_hist, beside, probed = [], None, None
+    loop1 = ckpt is None or ckpt["phase"] == "ae"
+    if cfg.pred.coords == "probe" and train.game == "Pong" and (loop1 or ckpt["phase"] == "pred"):
+        probed = probe(train.frames)           # found once: loop 1's batches and loop 2's coordinates
+    # Loop 2's first phase beside loop 1 (the CPU's second core), when it reads the probe, not the encoder.
+    if (probed is not None and loop1 and cfg.train.beside and train_device(cfg).type == "cpu"
+            and (os.cpu_count() or 1) >= 2 and rank_world()[1] == 1):
+        beside = Beside(cfg, train, val, probed)
+    try:
+        if loop1:
+            wm, ae_hist = train_autoencoder(cfg, train, val, progress=progress, run=run, resume=ckpt, probed=probed)
+            ckpt = None
+        else:
+            wm = WorldModel.from_checkpoint(ckpt).to(train_device(cfg))
+        times["autoencoder"] = time.perf_counter() - t
+        peak = {"autoencoder": peak_rss_mb()}
+        t = time.perf_counter()
+        wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt, beside=beside,
+                                        probed=probed)
+    finally:
+        if beside is not None:
+            beside.stop()
+    times["predictor"] = time.perf_counter() - t       # beside loop 1: what it took after loop 1 ended
     peak["predictor"] = peak_rss_mb()
+    if beside is not None:
+        peak["beside"] = beside.peak_rss_mb
     if not main_rank:
         return {"rank": rank_world()[0], "times_s": times}
     t = time.perf_counter()

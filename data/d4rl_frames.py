@@ -317,12 +317,16 @@ def stream_seed(seed: int, worker: int) -> int:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _record_worker(game, steps, seed, policy, worker, shard_steps, out_dir, queue, stop, parent) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it sets `stop`
-    # Die with the parent however it dies, kill -9 included. (Linux signals when the thread that started this
-    # process ends: record_dataset's, which waits for the workers.)
+def die_with_parent() -> None:
+    """A child process: die with the parent however it dies, kill -9 included (Linux; it signals when the
+    thread that started this process ends). Elsewhere the child checks os.getppid() itself."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _record_worker(game, steps, seed, policy, worker, shard_steps, out_dir, queue, stop, parent) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it sets `stop`
+    die_with_parent()   # (record_dataset's thread started it, and waits for the workers)
     try:
         stream, buf = _Stream(game, stream_seed(seed, worker), policy), _buffers(min(shard_steps, steps))
         done = rows = chunk = 0

@@ -50,8 +50,11 @@ def execute_notebook(nb, out_dir, timeout: int = 300) -> None:
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-# Enough training for the latent's coordinates to lock on (~30 s): the dream tests need a model that learned.
-LEARNED = ("ae.steps=250", "ae.batch_size=32", "pred.steps=150", "pred.batch_size=32")
+# Enough training for the latent's coordinates to lock on (~30 s): the dream tests need a model that learned. The
+# ball's presence logit is the slow part: in 250 steps of 32 it reached 95 % on held-out frames for none of 4
+# training seeds at the small budget's width 16, and for seed 0 (the one used here) of 4 at the default width 48;
+# the default recipe learns it on every seed measured (README).
+LEARNED = ("ae.steps=250", "ae.batch_size=32", "model.width=48", "pred.steps=150", "pred.batch_size=32")
 
 
 @pytest.fixture(scope="session")

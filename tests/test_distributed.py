@@ -29,7 +29,7 @@ def rows(run) -> list[dict]:
 
 
 def test_two_processes_train_what_one_trains_and_only_rank_0_writes(tmp_path):
-    args = [*TINY, "ae.steps=3", "pred.steps=3", "eval.val_every=3"]
+    args = [*TINY, "ae.steps=3", "pred.steps=3", "tune.steps=3", "eval.val_every=3"]
     two = launch([*args, f"experiment.out_dir={tmp_path}/two"])
     one = launch([*args, f"experiment.out_dir={tmp_path}/one"], processes=1)
     assert two.returncode == 0 and one.returncode == 0, two.stderr[-3000:]
@@ -48,7 +48,7 @@ def test_two_processes_train_what_one_trains_and_only_rank_0_writes(tmp_path):
 
 
 def test_a_dead_rank_stops_the_run_and_resume_under_torchrun_finishes_it(tmp_path):
-    args = [*TINY, "ae.steps=6", "pred.steps=6", "eval.val_every=2", f"experiment.out_dir={tmp_path}/runs"]
+    args = [*TINY, "ae.steps=6", "pred.steps=6", "tune.steps=6", "eval.val_every=2", f"experiment.out_dir={tmp_path}/runs"]
     t = time.perf_counter()
     dead = launch(args, env={"WM_DIE_AT": "ae:4@1"})                 # rank 1 is SIGKILLed after step 4
     assert dead.returncode != 0 and time.perf_counter() - t < 120
@@ -57,7 +57,7 @@ def test_a_dead_rank_stops_the_run_and_resume_under_torchrun_finishes_it(tmp_pat
     assert not (run / "summary.json").exists()
     done = launch(["--resume", str(run)])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [(r["phase"], int(r["step"])) for r in rows(run)] == [(p, s) for p in ("ae", "pred") for s in range(1, 7)]
+    assert [(r["phase"], int(r["step"])) for r in rows(run)] == [(p, s) for p in ("ae", "pred", "tune") for s in range(1, 7)]
     assert (run / "summary.json").is_file() and done.stdout.count("held-out objects") == 1
 
 

@@ -27,15 +27,20 @@ def test_cli_runs_the_whole_pipeline(tmp_path):
     # The run folder of the README: metrics every log_every steps, a validation row (with pictures) every val_every.
     import csv
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [(r["phase"], int(r["step"])) for r in rows] == [(p, s) for p in ("ae", "pred") for s in (10, 20, 30, 40)]
+    # Loop 2's first phase ran beside loop 1 in a second process; its rows follow loop 1's, then the tuning's.
+    assert [(r["phase"], int(r["step"])) for r in rows] == [(p, s) for p in ("ae", "pred") for s in (10, 20, 30, 40)] + [
+        ("tune", 10), ("tune", 20)]
     assert all(float(r["loss"]) > 0 and float(r["samples_per_s"]) > 0 and float(r["lr"]) >= 0 for r in rows)
     val = list(csv.DictReader(open(run / "val_metrics.csv")))
-    assert [(r["phase"], int(r["step"])) for r in val] == [(p, s) for p in ("ae", "pred") for s in (0, 20, 40)]
+    assert [(r["phase"], int(r["step"])) for r in val] == [(p, s) for p in ("ae", "pred") for s in (0, 20, 40)] + [
+        ("tune", 0), ("tune", 20)]
     assert all(0 <= float(r["recon_ball"]) <= 1 for r in val[:3]) and all(float(r["pred_1step"]) > 0 for r in val[3:])
+    assert all(0 <= float(r["pred_ball"]) <= 1 for r in val[6:])      # the tuning's rows score decoded predictions
+    # Pictures need the trained autoencoder: loop 1 and the tuning have them, the phase beside loop 1 none.
     assert sorted(f.name for f in (run / "images").iterdir()) == sorted(
-        f"{p}_step{s:06d}.png" for p in ("ae", "pred") for s in (0, 20, 40))
+        [f"ae_step{s:06d}.png" for s in (0, 20, 40)] + [f"tune_step{s:06d}.png" for s in (0, 20)])
     gifs = sorted((run / "videos").glob("*.gif"))
-    assert [g.name for g in gifs] == [f"pred_step{s:06d}.gif" for s in (0, 20, 40)]
+    assert [g.name for g in gifs] == [f"tune_step{s:06d}.gif" for s in (0, 20)]
     assert iio.imread(gifs[-1], index=None).shape[0] == 20            # eval.video_frames of the small budget
     wm = W.WorldModel.load(run / "checkpoints" / "last.pt")
     assert wm.cfg.ae.steps == 40 and wm.cfg.model.width == 16

@@ -24,7 +24,9 @@ def test_shapes_and_dtypes(trained, val_data):
 def test_losses_fall_on_real_frames(trained):
     _, ae_hist, pred_hist = trained
     assert ae_hist[-1]["val_loss"] < 0.5 * ae_hist[0]["val_loss"]
-    assert pred_hist[-1]["pred_1step"] < pred_hist[0]["pred_1step"]   # teacher-forced: what 40 steps can learn
+    for phase in ("pred", "tune"):      # on the probe's coordinates, then on the encoder's latents: each falls
+        h = [r["pred_1step"] for r in pred_hist if r["phase"] == phase]
+        assert len(h) >= 2 and h[-1] < h[0], phase                    # teacher-forced: what a few steps can learn
 
 
 def test_margin_loss_punishes_ball_bright_paddles_and_dim_balls(val_data):
