@@ -1,4 +1,4 @@
-"""Neural-Atari Regen: a world model of Atari Pong you can train on a laptop CPU in about three minutes.
+"""Neural-Atari Regen: a world model of Atari Pong you can train on a laptop CPU in under two minutes.
 
 An autoencoder squeezes each 84x84 grey frame into a 128-D latent whose first 7 numbers are the
 ball's and the paddles' coordinates; a predictor maps the last K latents and the player's actions

@@ -55,7 +55,7 @@ def train(overrides: list[str], seed: int, out: Path) -> dict:
     # Loop 2's process beside loop 1 lives while loop 1 trains: both peaks count (the rusage above is the larger).
     mine = max(s["peak_rss_mb_by_phase_end"].get(k, 0) for k in ("autoencoder", "predictor", "eval+assets"))
     both = mine + s["peak_rss_mb_by_phase_end"].get("beside", 0)
-    return s | {"wall_s": wall, "peak_mb": max(both, peak / 1024) if peak > before else float("nan"), "run": str(run)}
+    return s | {"wall_s": wall, "peak_mb": max(both, peak / 1024 if peak > before else 0.0), "run": str(run)}
 
 
 def figures(wm, data) -> dict:
