@@ -998,7 +998,6 @@ def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, 
     code 0 (it has no loss here: tune learns it). With `beside`, the result of the same phase from the
     second process: its predictor, its metric rows and a checkpoint, as if it had run here."""
     p = wm.predictor
-    pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
     if beside is not None:
         out = beside.result()
         p.load_state_dict(out["predictor"])
@@ -1014,9 +1013,16 @@ def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, 
             run.checkpoint(wm, "pred", cfg.pred.steps, opt, sched, out["history"][-1]["val_loss"], out["best"])
         return out["history"]
     labels = object_labels(probe(train.frames) if probed is None else probed)
-    lat = Latents(wm, train, labels=labels)
-    vlat = Latents(wm, val, labels=object_labels(probe(val.frames)))
-    return _train_predictor(pc, wm, train, val, lat, vlat, progress, run, resume, pictures=False)
+    return _probe_phase(cfg, wm, train, val, labels, object_labels(probe(val.frames)), progress, run, resume)
+
+
+def _probe_phase(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, labels: np.ndarray,
+                 vlabels: np.ndarray, progress: bool, run, resume: dict | None, state: dict | None = None) -> list[dict]:
+    """fit_on_probe's training, here or in the process beside loop 1: object_labels (N, 7) of the training
+    and held-out frames stand for the latents' coordinates, and the global code, 0, has no loss."""
+    pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
+    return _train_predictor(pc, wm, train, val, Latents(wm, train, labels=labels), Latents(wm, val, labels=vlabels),
+                            progress, run, resume, pictures=False, state=state)
 
 
 class Later:
@@ -1024,7 +1030,7 @@ class Later:
     main process when the phase is handed over) and writes no checkpoint."""
 
     def __init__(self):
-        self.rows, self.path = [], None
+        self.rows = []
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
@@ -1073,7 +1079,7 @@ class Beside:
 
 
 def _beside(cfg: Config, game: str, num_actions: int, parts: list, conn) -> None:
-    """The second process: fit_on_probe on the labels (frames are not needed), the result sent back."""
+    """The second process: loop 2's first phase on the labels (frames are not needed), the result sent back."""
     import signal
     from data.d4rl_frames import die_with_parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it stops this one
@@ -1088,10 +1094,8 @@ def _beside(cfg: Config, game: str, num_actions: int, parts: list, conn) -> None
         blank = lambda n: np.broadcast_to(np.zeros((1, 84, 84), np.uint8), (n, 84, 84))   # noqa: E731 (frames unused)
         train = FrameData(blank(len(lt)), at, et, None, game, num_actions)
         val = FrameData(blank(len(lv)), av, ev, None, game, num_actions)
-        pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
         run, state = Later(), {}
-        history = _train_predictor(pc, wm, train, val, Latents(wm, train, labels=lt), Latents(wm, val, labels=lv),
-                                   False, run, None, pictures=False, state=state)
+        history = _probe_phase(cfg, wm, train, val, lt, lv, False, run, None, state)
         buf = io.BytesIO()
         torch.save(dict(predictor=wm.predictor.state_dict(), rows=run.rows, history=history, rng=torch.get_rng_state(),
                         best=min(r["val_loss"] for r in history), peak_rss_mb=peak_rss_mb(), **state), buf)
