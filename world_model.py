@@ -20,10 +20,8 @@ to the next latent; rolled out open loop it dreams the game.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
-import multiprocessing
 import os
 import platform
 import shutil
@@ -968,10 +966,11 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     lat = vlat = None
     history = []
     try:
+        # The encoder's latents first: while the phase beside loop 1 finishes, this process has a core to spare.
+        lat, vlat = Latents(wm, train, folder and folder / "train"), Latents(wm, val, folder and folder / "val")
         if at[0] == "pred" and on_probe and (beside is not None or at[1] < cfg.pred.steps):
             history += fit_on_probe(cfg, wm, train, val, progress, run, resume if at[1] else None, beside, probed)
             resume = None
-        lat, vlat = Latents(wm, train, folder and folder / "train"), Latents(wm, val, folder and folder / "val")
         if at[0] == "pred" and not on_probe:
             history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
             resume = None
@@ -1046,46 +1045,65 @@ class Beside:
     """Loop 2's first phase (pred.coords=probe) in a second process, started before loop 1: it reads the
     probe's coordinates, not the autoencoder, so on a CPU with two cores both loops train at once, one
     thread each (each loop's step is too small to gain from a second thread). The result is the one the
-    phase gives in-process (tests/test_training.py). result() waits for it."""
+    phase gives in-process (tests/test_training.py). result() waits for it.
 
-    def __init__(self, cfg: Config, train: FrameData, val: FrameData, probed: dict):
-        ctx = multiprocessing.get_context("spawn")            # fork would copy this process's thread pools
-        self.conn, child = ctx.Pipe(duplex=False)
-        parts = [(object_labels(p), d.actions, d.episode) for d, p in ((train, probed), (val, probe(val.frames)))]
-        self.proc = ctx.Process(target=_beside, args=(cfg, train.game, train.num_actions, parts, child), daemon=True)
-        self.proc.start()
-        child.close()
+    The process is a fresh interpreter that imports this module, not a multiprocessing child: 'spawn'
+    re-runs the caller's script, which breaks any script without an `if __name__ == "__main__":` guard,
+    and 'fork' would copy this process's thread pools. It starts before the frames are recorded (its
+    imports take seconds) and waits for send()."""
+
+    def __init__(self):
+        import subprocess
+        self.dir = Path(tempfile.mkdtemp(prefix="beside-"))
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import world_model; world_model._beside()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.dir)], stdin=subprocess.PIPE)
         self.peak_rss_mb = float("nan")
 
+    def send(self, cfg: Config, train: FrameData, val: FrameData, probed: dict) -> None:
+        """The phase's inputs: the config and the probe's labels, actions and episodes of both sets."""
+        import pickle
+        parts = [(object_labels(p), d.actions, d.episode) for d, p in ((train, probed), (val, probe(val.frames)))]
+        pickle.dump((cfg, train.game, train.num_actions, parts), self.proc.stdin)
+        self.proc.stdin.close()
+
     def result(self) -> dict:
+        rc = self.proc.wait()
+        out = self.dir / "out.pt"
         try:
-            out = self.conn.recv()
-        except EOFError:
-            out = f"it ended with exit code {self.proc.exitcode} and no result"
+            if rc != 0 or not out.is_file():
+                err = self.dir / "error.txt"
+                why = err.read_text().strip() if err.is_file() else f"it ended with exit code {rc} and no result"
+                if why.startswith("error: "):                     # a UsageError: one line, as in this process
+                    raise UsageError(why.removeprefix("error: "))
+                raise RuntimeError(f"loop 2's process beside loop 1 failed: {why}")
+            res = torch.load(out, weights_only=True)
         finally:
-            self.proc.join()
-        if isinstance(out, BaseException):
-            raise out
-        if isinstance(out, str):
-            raise RuntimeError(f"loop 2's process beside loop 1 failed: {out}")
-        out = torch.load(io.BytesIO(out), weights_only=True)  # tensors as bytes: no shared-memory handles to outlive it
-        self.peak_rss_mb = out["peak_rss_mb"]
-        return out
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.peak_rss_mb = res["peak_rss_mb"]
+        return res
 
     def stop(self) -> None:
-        if self.proc.is_alive():
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.join()
+            self.proc.wait()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _beside(cfg: Config, game: str, num_actions: int, parts: list, conn) -> None:
-    """The second process: loop 2's first phase on the labels (frames are not needed), the result sent back."""
+def _beside() -> None:
+    """The second process (sys.argv[1]: Beside's folder): loop 2's first phase on the labels (frames are
+    not needed; the inputs come on stdin), the result written to out.pt, or what went wrong to error.txt."""
+    import pickle
     import signal
+    import traceback
     from data.d4rl_frames import die_with_parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it stops this one
     os.environ.pop("WM_DIE_AT", None)                  # so is the crash-test hook
     die_with_parent()
+    folder = Path(sys.argv[1])
     try:
+        cfg, game, num_actions, parts = pickle.load(sys.stdin.buffer)
         torch.set_num_threads(1)
         torch.manual_seed(cfg.train.seed)                  # the predictor starts as train_autoencoder's WorldModel's
         wm = WorldModel(cfg, num_actions, game).to(train_device(cfg))
@@ -1096,20 +1114,15 @@ def _beside(cfg: Config, game: str, num_actions: int, parts: list, conn) -> None
         val = FrameData(blank(len(lv)), av, ev, None, game, num_actions)
         run, state = Later(), {}
         history = _probe_phase(cfg, wm, train, val, lt, lv, False, run, None, state)
-        buf = io.BytesIO()
         torch.save(dict(predictor=wm.predictor.state_dict(), rows=run.rows, history=history, rng=torch.get_rng_state(),
-                        best=min(r["val_loss"] for r in history), peak_rss_mb=peak_rss_mb(), **state), buf)
-        conn.send(buf.getvalue())
-    except BaseException as e:  # noqa: BLE001 (everything goes back to the main process)
-        import pickle
-        import traceback
-        try:
-            pickle.dumps(e)
-            conn.send(e)
-        except Exception:
-            conn.send(traceback.format_exc())
-    finally:
-        conn.close()
+                        best=min(r["val_loss"] for r in history), peak_rss_mb=peak_rss_mb(), **state), folder / "out.tmp")
+        os.replace(folder / "out.tmp", folder / "out.pt")
+    except UsageError as e:
+        (folder / "error.txt").write_text(f"error: {e}")
+        sys.exit(2)
+    except BaseException:  # noqa: BLE001 (the main process reports it)
+        (folder / "error.txt").write_text(traceback.format_exc())
+        sys.exit(1)
 
 
 def adopt(p: Predictor, lat: Latents) -> None:
@@ -1211,9 +1224,13 @@ def load_data(cfg: Config) -> tuple[FrameData, FrameData]:
     return split_episodes(load_source(d.source, game=d.game), d.val_fraction)
 
 
-def check_lengths(cfg: Config, val: FrameData) -> None:
-    """Before training: a held-out episode must hold the longest window the run will need of it."""
+def check_lengths(cfg: Config, train: FrameData, val: FrameData) -> None:
+    """Before training: a training episode must hold the predictor's window, a held-out one the longest
+    window the run will need of it."""
     K, e = cfg.model.context, cfg.eval
+    if len(train.starts(K + cfg.pred.unroll)) == 0:
+        raise UsageError(f"no training episode holds {K + cfg.pred.unroll} consecutive frames (model.context + "
+                         f"pred.unroll): use longer episodes or lower them")
     need = K + max(e.rollout_frames, e.summary_horizon, cfg.pred.unroll)
     if len(val.starts(need)) == 0:
         longest = max((s.stop - s.start for s in val.episode_slices()), default=0)
@@ -1243,24 +1260,30 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     elif resume is not None:                         # the other ranks read the same checkpoint, write nothing
         cfg, ckpt = Run.resumable(Path(resume))
     cfg.check_host()
-    train, val = load_data(cfg)
-    check_lengths(cfg, val)
-    if ckpt is not None and ckpt["num_actions"] != train.num_actions:
-        raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
-                         f"{train.game} has {train.num_actions}: a model only trains on its own game's action set")
-    times["data"] = time.perf_counter() - t0
-    if ckpt is None and main_rank:
-        run = Run.create(cfg)
-    t = time.perf_counter()
-    ae_hist, beside, probed = [], None, None
     loop1 = ckpt is None or ckpt["phase"] == "ae"
-    if cfg.pred.coords == "probe" and train.game == "Pong" and (loop1 or ckpt["phase"] == "pred"):
-        probed = probe(train.frames)           # found once: loop 1's batches and loop 2's coordinates
     # Loop 2's first phase beside loop 1 (the CPU's second core), when it reads the probe, not the encoder.
-    if (probed is not None and loop1 and cfg.train.beside and train_device(cfg).type == "cpu"
-            and (os.cpu_count() or 1) >= 2 and rank_world()[1] == 1):
-        beside = Beside(cfg, train, val, probed)
+    beside = Beside() if (loop1 and cfg.pred.coords == "probe" and cfg.data.game == "Pong" and cfg.train.beside
+                          and train_device(cfg).type == "cpu" and (os.cpu_count() or 1) >= 2
+                          and rank_world()[1] == 1) else None
     try:
+        train, val = load_data(cfg)
+        check_lengths(cfg, train, val)
+        if ckpt is not None and ckpt["num_actions"] != train.num_actions:
+            raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
+                             f"{train.game} has {train.num_actions}: a model only trains on its own game's action set")
+        probed = None
+        if cfg.pred.coords == "probe" and train.game == "Pong" and (loop1 or ckpt["phase"] == "pred"):
+            probed = probe(train.frames)           # found once: loop 1's batches and loop 2's coordinates
+        if beside is not None and probed is None:      # not Pong's frames after all: loop 2 runs after loop 1
+            beside.stop()
+            beside = None
+        if beside is not None:
+            beside.send(cfg, train, val, probed)
+        times["data"] = time.perf_counter() - t0
+        if ckpt is None and main_rank:
+            run = Run.create(cfg)
+        t = time.perf_counter()
+        ae_hist = []
         if loop1:
             wm, ae_hist = train_autoencoder(cfg, train, val, progress=progress, run=run, resume=ckpt, probed=probed)
             ckpt = None

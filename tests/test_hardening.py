@@ -111,3 +111,10 @@ def test_another_game_trains_and_evaluates_on_pixels_alone(tmp_path, capsys):
                    f"experiment.out_dir={tmp_path}/eval2"]) == 2
     assert "no held-out episode holds" in capsys.readouterr().err
     assert not (tmp_path / "eval2").exists() or not any((tmp_path / "eval2").iterdir())
+
+
+def test_training_episodes_too_short_for_the_predictor_are_refused_before_training(tmp_path, capsys):
+    """Said before loop 1, not after it (loop 2's first phase may be training in another process by then)."""
+    runs = tmp_path / "runs"
+    assert W.main([*W.SMALL_BUDGET, "pred.unroll=500", f"experiment.out_dir={runs}"]) == 2
+    assert "no training episode holds 504 consecutive frames" in capsys.readouterr().err and not runs.exists()

@@ -155,3 +155,18 @@ def test_returned_balls_are_found_and_drawn_more_often(tiny_cfg):
     q = left.mean()
     assert share[0.0] == pytest.approx(q, abs=0.03)
     assert share[3.0] == pytest.approx(4 * q / (1 + 3 * q), abs=0.03)
+
+
+def test_the_pipeline_runs_from_a_script_without_a_main_guard(tmp_path):
+    """Loop 2's first phase beside loop 1 runs in a fresh interpreter: a script that calls the pipeline at
+    its top level runs once (a multiprocessing 'spawn' child re-ran it, and the phase failed)."""
+    script = tmp_path / "mine.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport world_model as W\nprint('top level ran')\n"
+                      f"cfg = W.make_config([*W.SMALL_BUDGET, 'experiment.out_dir={tmp_path}/runs', "
+                      f"'experiment.assets_dir={tmp_path}/assets'])\nW.train_and_evaluate(cfg, progress=False)\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("top level ran") == 1
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "summary.json").is_file()
+    assert [r["phase"] for r in rows(run / "metrics.csv")].count("pred") == 4     # the phase beside loop 1 ran
