@@ -1168,22 +1168,18 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
             v1 = pred_loss(p, vc, vg, a_val[vwin], vu, one)[0].item()
             vun = pred_loss(p, vc, vg, a_val[vwin], vu, cfg.pred)[0].item()
         row = {"phase": phase, "step": step, "val_loss": vun, "pred_1step": v1}
-        if not pictures:
-            history.append(row)
-            if run is not None:
-                run.log_val(row)
-            return vun
-        with torch.no_grad():
-            w = vone[:, None] + np.arange(K)[None]                                   # (8, K)
-            nxt = to_uint8(wm.dream_step(wm.encode_context(torch.from_numpy(val.frames[w])),
-                                         a_val[torch.from_numpy(w)])[1])             # teacher-forced next frames
-        real = np.asarray(val.frames[vone + K])
-        ok = object_agreement(real, nxt) if wm.objects else {}
-        row |= {"pred_1step_mse": pixel_mse(nxt, real),
-               **{f"pred_{k}": float(v.mean()) for k, v in ok.items()}}
+        if pictures:                                   # decoded predictions: the autoencoder is trained
+            with torch.no_grad():
+                w = vone[:, None] + np.arange(K)[None]                               # (8, K)
+                nxt = to_uint8(wm.dream_step(wm.encode_context(torch.from_numpy(val.frames[w])),
+                                             a_val[torch.from_numpy(w)])[1])         # teacher-forced next frames
+            real = np.asarray(val.frames[vone + K])
+            ok = object_agreement(real, nxt) if wm.objects else {}
+            row |= {"pred_1step_mse": pixel_mse(nxt, real), **{f"pred_{k}": float(v.mean()) for k, v in ok.items()}}
         history.append(row)
         if run is not None:
             run.log_val(row)
+        if run is not None and pictures:
             run.image(f"{phase}_step{step:06d}.png", strip(real, nxt))
             if len(vvid):
                 s, H = int(vvid[0]), cfg.eval.video_frames
@@ -1272,7 +1268,8 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
             raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
                              f"{train.game} has {train.num_actions}: a model only trains on its own game's action set")
         probed = None
-        if cfg.pred.coords == "probe" and train.game == "Pong" and (loop1 or ckpt["phase"] == "pred"):
+        if (cfg.pred.coords == "probe" and train.game == "Pong"
+                and (loop1 or (ckpt["phase"] == "pred" and ckpt["step"] < cfg.pred.steps))):   # a phase will read it
             probed = probe(train.frames)           # found once: loop 1's batches and loop 2's coordinates
         if beside is not None and probed is None:      # not Pong's frames after all: loop 2 runs after loop 1
             beside.stop()
