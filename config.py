@@ -81,11 +81,11 @@ class AEConfig:
 
 @dataclass
 class PredConfig:
-    steps: int = 1200             # optimizer steps of the predictor loop (its first phase, on pred.coords)
+    steps: int = 700              # optimizer steps of the predictor loop (its first phase, on pred.coords)
     coords: str = "probe"         # the coordinates it learns from: probe (the probe's positions in the recorded frames:
                                   # no autoencoder needed, so on a CPU it trains beside loop 1, train.beside) | encoder
                                   # (the trained encoder's latents; games without Pong's objects always use these)
-    batch_size: int = 128         # windows per step
+    batch_size: int = 256         # windows per step (tune's too)
     lr: float = 2e-3              # peak learning rate (optim.lr, when set, replaces it)
     schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
     loss: str = "mse"             # the global code's error: mse | huber (coordinates: Huber, 1 px)

@@ -41,7 +41,7 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     HeldoutConfig, ModelConfig, OptimConfig, PredConfig, TrainConfig, WandbConfig, make_config,
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
-from data.d4rl_frames import FrameData, record
+from data.d4rl_frames import FrameData, record_sets
 from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
                         PLAYFIELD, UP_ACTIONS, object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
@@ -1215,7 +1215,7 @@ def load_data(cfg: Config) -> tuple[FrameData, FrameData]:
     """(train, held-out) by data.source: recorded now from ALE with two seeds, or a dataset split by whole episodes."""
     d = cfg.data
     if d.source == "ale":
-        return record(d.game, d.train_steps, d.seed, d.policy), record(d.game, d.val_steps, d.val_seed, d.policy)
+        return tuple(record_sets([(d.game, d.train_steps, d.seed, d.policy), (d.game, d.val_steps, d.val_seed, d.policy)]))
     from data.d4rl_frames import load_source, split_episodes
     return split_episodes(load_source(d.source, game=d.game), d.val_fraction)
 

@@ -80,8 +80,8 @@ def figures(wm, data) -> dict:
 
 
 def held_out(policy: str, seeds: list[int]):
-    from data.d4rl_frames import concat, record
-    return concat([record("Pong", 1000, s, policy) for s in seeds])
+    from data.d4rl_frames import concat, record_sets
+    return concat(record_sets([("Pong", 1000, s, policy) for s in seeds]))
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ def test_bad_values_stop_before_anything_is_recorded_or_written(argv, tmp_path, 
     (tmp_path / "list.yaml").write_text("- ae\n- pred\n")
     (tmp_path / "broken.yaml").write_text("ae: {steps: [\n")
     argv = [str(tmp_path / f"{a.lower()}.yaml") if a.isupper() else a for a in argv]
-    monkeypatch.setattr(W, "record", lambda *a, **k: pytest.fail("recorded frames despite a bad config"))
+    monkeypatch.setattr(W, "record_sets", lambda *a, **k: pytest.fail("recorded frames despite a bad config"))
     rc = W.main([*argv, f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/assets"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data.d4rl_frames import FrameData, record
+from data.d4rl_frames import FrameData, record, record_sets
 
 
 def test_record_is_real_seeded_pong(train_data):
@@ -30,6 +30,18 @@ def test_episode_boundaries_are_kept():
 def test_unknown_game_names_close_matches():
     with pytest.raises(ValueError, match="unknown Atari game 'Pongg'.*Pong"):
         record("Pongg", steps=10)
+
+
+def test_recordings_shared_over_processes_are_the_ones_played_here():
+    sets = [("Pong", 90, 4, "random+tracker+sticky"), ("Pong", 40, 7, "random")]
+    par = record_sets(sets, workers=2)                                      # some parts in a second process
+    for d, s in zip(par, sets):
+        ref = record(*s)                                                    # every part here, one after another
+        for k in ("frames", "actions", "episode", "ram", "rewards", "terminated", "truncated"):
+            assert np.array_equal(getattr(d, k), getattr(ref, k)), k
+    assert len(par[0]) == 90 and par[0].episode.max() == 2                  # three parts, episodes renumbered
+    with pytest.raises(ValueError, match="unknown policy 'smart'"):         # before any process starts
+        record_sets([("Pong", 10, 0, "random+smart")], workers=2)
 
 
 def test_framedata_rejects_bad_arrays():
