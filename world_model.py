@@ -1354,7 +1354,8 @@ def main(argv: list[str] | None = None) -> int:
             train_and_evaluate(cfg, resume=args.resume)
         else:
             train_and_evaluate(cfg)
-        if distributed:
+        if distributed:   # rank 0 evaluates alone; the others wait, so that all leave the group together (a rank
+            torch.distributed.barrier()          # that tore it down while rank 0 was busy once died in gloo's teardown)
             torch.distributed.destroy_process_group()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -333,8 +333,9 @@ def record_sets(sets: list[tuple[str, int, int, str]], workers: int | None = Non
         share[w].append(i)
         loads[w] += flat[i][1]
     out: list[FrameData | None] = [None] * len(flat)
-    helpers = [(_Helper([flat[i] for i in s]), s) for s in share[1:] if s]
+    helpers = []
     try:
+        helpers += [(_Helper([flat[i] for i in s]), s) for s in share[1:] if s]
         for i in share[0]:
             out[i] = _record_part(*flat[i])
         for h, s in helpers:
@@ -354,14 +355,18 @@ class _Helper:
         import pickle
         import subprocess
         import tempfile
-        self.dir = Path(tempfile.mkdtemp(prefix="record-"))
+        self.dir, self.proc = Path(tempfile.mkdtemp(prefix="record-")), None
         self.log = open(self.dir / "log.txt", "wb")         # ALE's banner, or what went wrong
         root = str(Path(__file__).resolve().parents[1])
         code = f"import sys; sys.path.insert(0, {root!r}); from data.d4rl_frames import _helper; _helper()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.dir)], stdin=subprocess.PIPE,
-                                     stdout=self.log, stderr=self.log)
-        pickle.dump(parts, self.proc.stdin)
-        self.proc.stdin.close()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.dir)], stdin=subprocess.PIPE,
+                                         stdout=self.log, stderr=self.log)
+            pickle.dump(parts, self.proc.stdin)
+            self.proc.stdin.close()
+        except BaseException:
+            self.stop()
+            raise
 
     def result(self) -> list[FrameData]:
         import pickle
@@ -375,7 +380,7 @@ class _Helper:
 
     def stop(self) -> None:
         import shutil
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
