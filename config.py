@@ -77,6 +77,7 @@ class AEConfig:
     grad_clip: float = 1.0        # max gradient norm (the weights jump when a ghost object appears)
     coord_weight: float = 1.0     # weight of the latent's object coordinates against the probe's (Huber, pixels)
     presence_weight: float = 0.5  # weight of the ball-presence logit's cross-entropy
+    band_weight: float = 30.0     # extra weight of the score band's squared error (rows above the top wall): the digits
 
 
 @dataclass
@@ -256,7 +257,7 @@ RULES: dict[str, object] = {
     "ae.huber_delta": _POS, "ae.fg_weight": _NONNEG, "ae.bright_weight": _NONNEG, "ae.fg_threshold": "[0, 1)",
     "ae.bright_threshold": "(0, 1)", "ae.peak_weight": _NONNEG, "ae.margin_weight": _NONNEG, "ae.margin": "[0, 0.5)",
     "ae.returned_ball_weight": _NONNEG, "ae.grad_clip": _POS, "ae.coord_weight": _NONNEG,
-    "ae.presence_weight": _NONNEG,
+    "ae.presence_weight": _NONNEG, "ae.band_weight": _NONNEG,
     "pred.steps": _INT1, "pred.coords": ("probe", "encoder"), "pred.batch_size": _INT1, "pred.lr": _POS, "pred.schedule": SCHEDULES, "pred.loss": LOSSES,
     "pred.huber_delta": _POS, "pred.unroll": _INT1, "pred.grad_clip": _POS, "pred.unknown_past_prob": "[0, 1]",
     "pred.ball_weight": _NONNEG, "pred.ball_delta": _POS, "pred.global_weight": _NONNEG, "pred.noise_px": _NONNEG,

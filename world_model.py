@@ -124,6 +124,10 @@ class Autoencoder(nn.Module):
             nn.GroupNorm(8, self.gw), nn.GELU(),
             nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1, output_padding=(self.rows - 2 * gh + 1, 0)),  # (B, gw, rows, 21)
             nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 4 rows, 84)
+        # The paint starts at zero: the band starts as the median frame's, not as noise that 400 steps of a loss
+        # weighted to the objects never wash out (reconstructed digits were grainy, a 2 drawn as an 8).
+        nn.init.zeros_(self.decoder[-2].weight)
+        nn.init.zeros_(self.decoder[-2].bias)
         band = torch.zeros(84, 84) if objects else torch.ones(84, 84)
         band[:PLAYFIELD[0] - 1] = 1.0        # the score band, above the top wall: all that changes but the objects
         # (a game without Pong's objects: the global code paints the whole frame, the coordinates stay unused)
@@ -676,18 +680,22 @@ def max_pool3(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 
 
-def pixel_loss(recon: torch.Tensor, target: torch.Tensor, bg: torch.Tensor, c: AEConfig) -> torch.Tensor:
+def pixel_loss(recon: torch.Tensor, target: torch.Tensor, bg: torch.Tensor, c: AEConfig,
+               band: torch.Tensor | None = None) -> torch.Tensor:
     """Object-weighted error of reconstructions (B, 84, 84) of target frames (B, 84, 84), both 0..1:
     plain MSE on a grey Pong screen ignores the 2-pixel ball.
 
     Pixels where the target or the reconstruction leaves the background `bg` weigh 1 + fg_weight, and
-    bright ones (the ball) bright_weight more: missing an object and drawing a ghost both cost.
+    bright ones (the ball) bright_weight more: missing an object and drawing a ghost both cost. `band`
+    (84, 84), if given, marks the score band, whose squared error weighs band_weight more.
     """
     r = recon.detach()
     fg = ((target - bg).abs() > c.fg_threshold) | ((r - bg).abs() > c.fg_threshold)
     bright = fg & ((target > c.bright_threshold) | (r > c.bright_threshold))
     w = 1 + c.fg_weight * fg.float() + c.bright_weight * bright.float()
     loss = (w * point_loss(recon, target, c.loss, c.huber_delta)).mean()
+    if band is not None and c.band_weight > 0:
+        loss = loss + c.band_weight * (band * (recon - target) ** 2).mean()
     if c.peak_weight > 0:
         # Max-pooled 3x3 images must match too: a ball placed 1 px off costs little here, a ball
         # smeared dim over its possible positions (the MSE-optimal hedge) costs a lot.
@@ -716,17 +724,18 @@ def coordinate_loss(c: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 
 def ae_loss(ae: nn.Module, frames: torch.Tensor, labels: torch.Tensor, c: AEConfig,
-            background: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+            plain: Autoencoder | None = None) -> tuple[torch.Tensor, dict]:
     """The autoencoder's loss on uint8 (B, 84, 84) frames and their object_labels (B, 7): the pixel
     loss plus the coordinate loss that pins the latent's object dims to the probe's positions
-    (unsupervised keypoints drifted 9-24 px in a 600-step study). `ae` may be a compiled module;
-    `background` is then the plain module's buffer."""
+    (unsupervised keypoints drifted 9-24 px in a 600-step study). `ae` may be a compiled or distributed
+    module; `plain` is then the Autoencoder itself (its background, and its score band: Pong's only)."""
     target = frames.float() / 255                                            # (B, 84, 84)
     recon, z = ae(frames)
     recon = recon.float()
-    bg = ae.background if background is None else background
+    plain = ae if plain is None else plain
     coord, presence = coordinate_loss(z.float(), labels)
-    loss = pixel_loss(recon, target, bg, c) + c.coord_weight * coord + c.presence_weight * presence
+    loss = (pixel_loss(recon, target, plain.background, c, plain.band if plain.objects else None)
+            + c.coord_weight * coord + c.presence_weight * presence)
     return loss, {"mse": F.mse_loss(recon.detach(), target), "coord": coord.detach(), "recon": recon.detach(),
                   "z": z.detach()}
 
@@ -785,7 +794,7 @@ def train_autoencoder(cfg: Config, train: FrameData, val: FrameData, num_actions
         for step, (x, labels) in enumerate(bar, first):
             ae.train()
             with prec.autocast():
-                loss, m = ae_loss(net, x.to(dev, non_blocking=True), labels.to(dev), cfg.ae, ae.background)
+                loss, m = ae_loss(net, x.to(dev, non_blocking=True), labels.to(dev), cfg.ae, ae)
             prec.step(loss, opt, sched, cfg.ae.grad_clip)
             meter.add(len(x), loss=loss.detach(), mse=m["mse"], coord=m["coord"])
             best = end_of_step(cfg, "ae", step, meter, sched, bar, run, validate, wm, opt, best)
