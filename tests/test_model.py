@@ -58,6 +58,25 @@ def test_margin_loss_punishes_ball_bright_paddles_and_dim_balls(val_data):
     assert margin_term(dim) > base + c.margin_weight * (m + 0.05) ** 2 / 84 ** 2 * 0.99
 
 
+def test_the_score_band_starts_as_the_background_and_its_error_weighs_more(val_data):
+    """A fresh autoencoder paints nothing over the median frame's score band (random paint was grain that
+    training never washed out), and grain there, mostly too faint to count as foreground, costs band_weight
+    times its squared error more."""
+    frames = val_data.frames[:64]
+    cfg = W.make_config([])
+    wm = W.WorldModel(cfg, 6)
+    wm.ae.background.copy_(torch.from_numpy(W._background(frames)))
+    z = torch.randn(3, cfg.model.latent_dim)
+    z[:, W.BP] = -30.0                                                       # no ball; paddles stay below the band
+    band = wm.ae.band.bool()
+    assert torch.allclose(wm.ae.decode(z)[:, band], wm.ae.background[band].expand(3, -1), atol=1e-6)
+    target = torch.from_numpy(frames[:8]).float() / 255
+    grain = target + 0.03 * torch.randn(8, 84, 84) * wm.ae.band                # below fg_threshold (0.05), mostly
+    off = W.pixel_loss(grain, target, wm.ae.background, cfg.ae)
+    on = W.pixel_loss(grain, target, wm.ae.background, cfg.ae, wm.ae.band)
+    assert (on - off).item() == pytest.approx(cfg.ae.band_weight * ((grain - target) ** 2).mean().item(), rel=1e-4)
+
+
 def test_actions_change_the_dream(trained, val_data):
     wm, _, _ = trained
     ctx = val_data.frames[:wm.context]
