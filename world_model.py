@@ -638,6 +638,16 @@ def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.nda
     return u, np.array(serves, np.float32).reshape(-1, 4)
 
 
+def pred_windows(data: FrameData, length: int, which: str) -> np.ndarray:
+    """Starts of the predictor's windows (model.context + pred.unroll frames) inside one episode of `data`;
+    a set without one is refused."""
+    starts = data.starts(length)
+    if len(starts) == 0:
+        raise UsageError(f"no {which} episode holds {length} consecutive frames (model.context + pred.unroll): "
+                         f"use longer episodes or lower them")
+    return starts
+
+
 def window_batch(starts: np.ndarray, length: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     """Index windows of `length` consecutive frames inside one episode: int (B, length)."""
     pick = starts[rng.integers(len(starts), size=batch_size)]
@@ -1054,63 +1064,47 @@ class Beside:
     """Loop 2's first phase (pred.coords=probe) in a second process, started before loop 1: it reads the
     probe's coordinates, not the autoencoder, so on a CPU with two cores both loops train at once, one
     thread each (each loop's step is too small to gain from a second thread). The result is the one the
-    phase gives in-process (tests/test_training.py). result() waits for it.
-
-    The process is a fresh interpreter that imports this module, not a multiprocessing child: 'spawn'
-    re-runs the caller's script, which breaks any script without an `if __name__ == "__main__":` guard,
-    and 'fork' would copy this process's thread pools. It starts before the frames are recorded (its
-    imports take seconds) and waits for send()."""
+    phase gives in-process (tests/test_training.py). result() waits for it. The process (a FreshProcess:
+    a script without a main guard is not re-run) starts before the frames are recorded (its imports take
+    seconds) and waits for send()."""
 
     def __init__(self):
-        import subprocess
-        self.dir = Path(tempfile.mkdtemp(prefix="beside-"))
-        code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import world_model; world_model._beside()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.dir)], stdin=subprocess.PIPE)
+        from data.d4rl_frames import FreshProcess
+        self.child = FreshProcess("world_model", "_beside")
         self.peak_rss_mb = float("nan")
 
     def send(self, cfg: Config, train: FrameData, val: FrameData, probed: dict) -> None:
         """The phase's inputs: the config and the probe's labels, actions and episodes of both sets."""
-        import pickle
         parts = [(object_labels(p), d.actions, d.episode) for d, p in ((train, probed), (val, probe(val.frames)))]
-        pickle.dump((cfg, train.game, train.num_actions, parts), self.proc.stdin)
-        self.proc.stdin.close()
+        self.child.send((cfg, train.game, train.num_actions, parts))
 
     def result(self) -> dict:
-        rc = self.proc.wait()
-        out = self.dir / "out.pt"
+        rc, folder = self.child.wait(), self.child.dir
         try:
-            if rc != 0 or not out.is_file():
-                err = self.dir / "error.txt"
+            if rc != 0 or not (folder / "out.pt").is_file():
+                err = folder / "error.txt"
                 why = err.read_text().strip() if err.is_file() else f"it ended with exit code {rc} and no result"
                 if why.startswith("error: "):                     # a UsageError: one line, as in this process
                     raise UsageError(why.removeprefix("error: "))
                 raise RuntimeError(f"loop 2's process beside loop 1 failed: {why}")
-            res = torch.load(out, weights_only=True)
+            res = torch.load(folder / "out.pt", weights_only=True)
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.child.stop()
         self.peak_rss_mb = res["peak_rss_mb"]
         return res
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.child.stop()
 
 
 def _beside() -> None:
     """The second process (sys.argv[1]: Beside's folder): loop 2's first phase on the labels (frames are
     not needed; the inputs come on stdin), the result written to out.pt, or what went wrong to error.txt."""
     import pickle
-    import signal
     import traceback
-    from data.d4rl_frames import die_with_parent
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it stops this one
+    from data.d4rl_frames import child_folder
+    folder = child_folder()                            # Ctrl-C is the main process's: it stops this one
     os.environ.pop("WM_DIE_AT", None)                  # so is the crash-test hook
-    die_with_parent()
-    folder = Path(sys.argv[1])
     try:
         cfg, game, num_actions, parts = pickle.load(sys.stdin.buffer)
         torch.set_num_threads(1)
@@ -1154,10 +1148,7 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
     p, dev, K, U = wm.predictor, wm.device, cfg.model.context, cfg.pred.unroll
     adopt(p, lat)
     a_train, a_val = torch.from_numpy(np.asarray(train.actions)).to(dev), torch.from_numpy(np.asarray(val.actions)).to(dev)
-    starts, vstarts = train.starts(K + U), val.starts(K + U)
-    if len(starts) == 0 or len(vstarts) == 0:
-        raise UsageError(f"no {'training' if len(starts) == 0 else 'held-out'} episode holds {K + U} consecutive "
-                         f"frames (model.context + pred.unroll): use longer episodes or lower them")
+    starts, vstarts = pred_windows(train, K + U, "training"), pred_windows(val, K + U, "held-out")
     vwin = torch.from_numpy(vstarts[evenly(len(vstarts), 512), None] + np.arange(K + U)[None])   # (V, K + U)
     vc, vg, vu = vlat.rows(vwin)
     opt, sched = make_optimizer(cfg, phase, p.parameters())
@@ -1233,9 +1224,7 @@ def check_lengths(cfg: Config, train: FrameData, val: FrameData) -> None:
     """Before training: a training episode must hold the predictor's window, a held-out one the longest
     window the run will need of it."""
     K, e = cfg.model.context, cfg.eval
-    if len(train.starts(K + cfg.pred.unroll)) == 0:
-        raise UsageError(f"no training episode holds {K + cfg.pred.unroll} consecutive frames (model.context + "
-                         f"pred.unroll): use longer episodes or lower them")
+    pred_windows(train, K + cfg.pred.unroll, "training")
     need = K + max(e.rollout_frames, e.summary_horizon, cfg.pred.unroll)
     if len(val.starts(need)) == 0:
         longest = max((s.stop - s.start for s in val.episode_slices()), default=0)

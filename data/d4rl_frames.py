@@ -335,11 +335,13 @@ def record_sets(sets: list[tuple[str, int, int, str]], workers: int | None = Non
     out: list[FrameData | None] = [None] * len(flat)
     helpers = []
     try:
-        helpers += [(_Helper([flat[i] for i in s]), s) for s in share[1:] if s]
+        for s in (s for s in share[1:] if s):
+            helpers.append((FreshProcess("data.d4rl_frames", "_helper", quiet=True), s))
+            helpers[-1][0].send([flat[i] for i in s])
         for i in share[0]:
             out[i] = _record_part(*flat[i])
         for h, s in helpers:
-            for i, d in zip(s, h.result()):
+            for i, d in zip(s, _recorded(h)):
                 out[i] = d
     finally:
         for h, _ in helpers:
@@ -348,51 +350,20 @@ def record_sets(sets: list[tuple[str, int, int, str]], workers: int | None = Non
     return [out[a] if b - a == 1 else concat(out[a:b]) for a, b in zip(ends[:-1], ends[1:])]
 
 
-class _Helper:
-    """A fresh interpreter recording some parts for record_sets; result() waits for them."""
-
-    def __init__(self, parts: list[tuple[str, int, int, str]]):
-        import pickle
-        import subprocess
-        import tempfile
-        self.dir, self.proc = Path(tempfile.mkdtemp(prefix="record-")), None
-        self.log = open(self.dir / "log.txt", "wb")         # ALE's banner, or what went wrong
-        root = str(Path(__file__).resolve().parents[1])
-        code = f"import sys; sys.path.insert(0, {root!r}); from data.d4rl_frames import _helper; _helper()"
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.dir)], stdin=subprocess.PIPE,
-                                         stdout=self.log, stderr=self.log)
-            pickle.dump(parts, self.proc.stdin)
-            self.proc.stdin.close()
-        except BaseException:
-            self.stop()
-            raise
-
-    def result(self) -> list[FrameData]:
-        import pickle
-        rc = self.proc.wait()
-        if rc != 0:
-            self.log.flush()
-            why = (self.dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:]
-            raise RuntimeError(f"a recording process ended with exit code {rc}: {' '.join(why) or 'no message'}")
-        with open(self.dir / "out.pkl", "rb") as fh:
-            return pickle.load(fh)
-
-    def stop(self) -> None:
-        import shutil
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def _recorded(child: "FreshProcess") -> list[FrameData]:
+    """What a _helper process recorded (it has ended)."""
+    import pickle
+    rc = child.wait()
+    if rc != 0:
+        raise RuntimeError(f"a recording process ended with exit code {rc}: {child.last_line() or 'no message'}")
+    with open(child.dir / "out.pkl", "rb") as fh:
+        return pickle.load(fh)
 
 
 def _helper() -> None:
-    """_Helper's process (sys.argv[1]: its folder): the parts on stdin, the recordings to out.pkl."""
+    """A FreshProcess of record_sets: the parts on stdin, the recordings to out.pkl."""
     import pickle
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it stops this one
-    die_with_parent()
-    folder = Path(sys.argv[1])
+    folder = child_folder()
     out = [_record_part(*p) for p in pickle.load(sys.stdin.buffer)]
     with open(folder / "out.tmp", "wb") as fh:
         pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -412,6 +383,62 @@ def die_with_parent() -> None:
     thread that started this process ends). Elsewhere the child checks os.getppid() itself."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class FreshProcess:
+    """A fresh Python that imports `module` and calls its `function` (not a multiprocessing child: 'spawn'
+    re-runs the caller's script, which breaks any script without an `if __name__ == "__main__":` guard, and
+    'fork' copies this process's thread pools). Its folder (sys.argv[1] there; `dir` here) takes its result;
+    send() pickles its inputs to its stdin; with `quiet`, what it prints goes to the folder's log.txt.
+    stop() kills it if it still runs and removes the folder."""
+
+    def __init__(self, module: str, function: str, quiet: bool = False):
+        import subprocess
+        import tempfile
+        self.dir, self.proc = Path(tempfile.mkdtemp(prefix=function.strip("_") + "-")), None
+        self.log = open(self.dir / "log.txt", "wb") if quiet else None
+        root = str(Path(__file__).resolve().parents[1])
+        code = f"import sys; sys.path.insert(0, {root!r}); from {module} import {function}; {function}()"
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.dir)], stdin=subprocess.PIPE,
+                                         stdout=self.log, stderr=self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def send(self, inputs) -> None:
+        import pickle
+        pickle.dump(inputs, self.proc.stdin)
+        self.proc.stdin.close()
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def last_line(self) -> str:
+        """The last line it printed (quiet only)."""
+        if self.log is None:
+            return ""
+        self.log.flush()
+        lines = (self.dir / "log.txt").read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def stop(self) -> None:
+        import shutil
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        if self.log is not None:
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def child_folder() -> Path:
+    """In a FreshProcess: Ctrl-C is the main process's (it stops this one), die with it; the folder."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    return Path(sys.argv[1])
 
 
 def _record_worker(game, steps, seed, policy, worker, shard_steps, out_dir, queue, stop, parent) -> None:
