@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.d4rl_frames import FrameData
-from data.probe import probe
+from data.probe import UP, probe
 from evaluate import (
     ball_kept,
     constant_velocity,
@@ -19,6 +19,7 @@ from evaluate import (
     evaluate_checkpoint,
     panels,
     heldout_data,
+    obeys_actions,
     plausibility,
     print_eval_summary,
     rollout_inputs,
@@ -216,3 +217,44 @@ def test_constant_velocity_tracks_a_straight_ball_exactly_and_bounces_off_the_wa
     assert not cv["ball"][0].any() and cv["ball"][1].all() and np.allclose(cv["ball_x"][1], 30)
     # A ball leaving the screen is gone.
     assert not constant_velocity(_ball_frames([(75, 40.5), (80, 40.5)])[None], 2)["ball"][0, 1]
+
+
+class _Paddles:
+    """A stand-in world model whose 'dreams' are fixed frames: a real frame with the player's paddle moved
+    to the top wall (UP dreams) or the bottom wall (DOWN dreams)."""
+
+    def __init__(self, frame, last_up=None):
+        self.frame, self.last_up = frame, last_up
+
+    def rollout_batch(self, context, actions, context_actions):
+        import torch
+        from data.probe import PADDLE_COLS, PLAYFIELD
+        n, T = actions.shape
+        a, b = PADDLE_COLS["player"]
+        out = np.repeat(self.frame[None, None], n, 0).repeat(T, 1)             # (n, T, 84, 84)
+        out[:, :, PLAYFIELD[0]:PLAYFIELD[1], a:b] = 87
+        up = (actions[:, 0] == UP).numpy()
+        out[up, :, PLAYFIELD[0]:PLAYFIELD[0] + 2, a:b] = [116, 143, 122]      # 2 rows left at the top wall
+        out[~up, :, PLAYFIELD[1] - 7:PLAYFIELD[1], a:b] = [116, 143, 122]
+        if self.last_up is not None:
+            out[up, -1] = self.last_up
+        return torch.from_numpy(out).float() / 255
+
+
+def test_where_a_dream_ends_is_not_moved_by_a_ball_crossing_the_paddles_columns(val_data):
+    import torch
+    from data.probe import PADDLE_COLS
+    p = probe(val_data.frames)
+    frame = val_data.frames[int(np.flatnonzero(~p["ball"])[0])].copy()
+    ctx, acts = torch.from_numpy(val_data.frames[None, :4].repeat(2, 0)), torch.full((2, 3), -1)
+    cfg = HeldoutConfig(dream_steps=20)
+    assert obeys_actions(_Paddles(frame), ctx[:1], acts[:1], cfg)["up_at_top"] == 1.0
+    assert obeys_actions(_Paddles(frame), ctx[:1], acts[:1], cfg)["down_at_bottom"] == 1.0
+    # The last UP frame: a decoded ball, blurred over 3 rows, crossing the player's columns at mid height
+    # (as a dream drew it): the probe reads its edge as 3 more paddle rows there, and the paddle's centre moves.
+    last = _Paddles(frame).rollout_batch(None, torch.full((1, 1), UP), None)[0, 0].mul(255).round().byte().numpy()
+    a = PADDLE_COLS["player"][0]
+    last[45:48, a:a + 3] = [[121, 163, 114], [140, 205, 129], [109, 137, 105]]
+    assert probe(last[None])["player_y"][0] > 25                               # one frame alone: not at the top
+    ob = obeys_actions(_Paddles(frame, last), ctx[:1], acts[:1], cfg)
+    assert ob["up_at_top"] == 1.0 and ob["up_end_y"] < 18
