@@ -390,12 +390,16 @@ class FreshProcess:
     re-runs the caller's script, which breaks any script without an `if __name__ == "__main__":` guard, and
     'fork' copies this process's thread pools). Its folder (sys.argv[1] there; `dir` here) takes its result;
     send() pickles its inputs to its stdin; with `quiet`, what it prints goes to the folder's log.txt.
-    stop() kills it if it still runs and removes the folder."""
+    stop() kills it if it still runs and removes the folder. The folder's name holds this process's id: a
+    process killed outright (SIGKILL, out of memory) cannot remove its folder, so each new one first removes
+    the folders of its kind whose process is gone."""
 
     def __init__(self, module: str, function: str, quiet: bool = False):
         import subprocess
         import tempfile
-        self.dir, self.proc = Path(tempfile.mkdtemp(prefix=function.strip("_") + "-")), None
+        name = function.strip("_")
+        sweep_dead(Path(tempfile.gettempdir()), name)
+        self.dir, self.proc = Path(tempfile.mkdtemp(prefix=f"{name}-{os.getpid()}-")), None
         self.log = open(self.dir / "log.txt", "wb") if quiet else None
         root = str(Path(__file__).resolve().parents[1])
         code = f"import sys; sys.path.insert(0, {root!r}); from {module} import {function}; {function}()"
@@ -432,6 +436,24 @@ class FreshProcess:
         if self.log is not None:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sweep_dead(tmp: Path, name: str) -> list[Path]:
+    """Remove the folders `name`-PID-* in `tmp` whose process PID no longer runs; returns them."""
+    import shutil
+    gone = []
+    for d in tmp.glob(f"{name}-*-*"):
+        pid = d.name[len(name) + 1:].split("-")[0]
+        if not pid.isdigit() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+        except OSError:     # another user's process: alive
+            pass
+    return gone
 
 
 def child_folder() -> Path:

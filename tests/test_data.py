@@ -69,3 +69,33 @@ def test_sticky_play_holds_actions_and_rests_against_the_walls():
     held = np.array([up[t - 3:t + 1].all() for t in range(3, len(d))])
     top = p["player"][3:] & (p["player_y"][3:] - p["player_rows"][3:] / 2 <= 14)
     assert (held & top).sum() >= 30, "sticky play should show the paddle at the top wall with UP held"  # uniform: 5
+
+
+def test_a_fresh_process_removes_the_folders_a_killed_one_left(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from data.d4rl_frames import FreshProcess, sweep_dead
+    root = Path(__file__).resolve().parents[1]
+    # A parent killed outright (SIGKILL) while its helper runs: nothing of it can remove the helper's folder.
+    code = (f"import os, sys; sys.path.insert(0, {str(root)!r}); from data.d4rl_frames import FreshProcess; "
+            "p = FreshProcess('data.d4rl_frames', '_helper'); print(p.dir, flush=True); os.kill(os.getpid(), 9)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL
+    left = Path(run.stdout.strip())
+    assert left.is_dir() and left.name.startswith("helper-") and left.parent == Path(tempfile.gettempdir())
+    mine = Path(tempfile.mkdtemp(prefix=f"helper-{os.getpid()}-"))     # a living process's folder stays
+    p = FreshProcess("data.d4rl_frames", "_helper")
+    try:
+        assert not left.exists() and mine.is_dir() and p.dir.is_dir()
+    finally:
+        p.stop()
+        mine.rmdir()
+    # Only folders of that kind, named with a process id, are touched.
+    for n in ("helper-notapid-x", "beside-1-x", "helper-1"):
+        (tmp_path / n).mkdir()
+    assert sweep_dead(tmp_path, "helper") == [] and len(list(tmp_path.iterdir())) == 3
