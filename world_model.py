@@ -58,6 +58,7 @@ BX, BY, BP, PT, PB, OT, OB = range(7)
 POS = [BX, BY, PT, PB, OT, OB]             # the positional dims
 FIELD = (PLAYFIELD[0] - 0.5, PLAYFIELD[1] - 0.5)   # the playfield's edges: rows 14..76 span [13.5, 76.5]
 CENTRE = (42.0, 45.0)                      # where an absent ball's coordinates are put (the field's middle)
+SERVE_MATCH_PX = 1.0                       # a just-served ball this near a training serve's first position flies as it did
 MIDFIELD = (14, 68)                        # the ball's x away from the paddles: it flies straight there, it turns only beyond
 
 
@@ -214,7 +215,7 @@ class Predictor(nn.Module):
         self.context, self.num_actions, self.action_conditioned = K, A, action_conditioned
         self.register_buffer("gmean", torch.zeros(G))   # global-code statistics of the training frames
         self.register_buffer("gstd", torch.ones(G))
-        self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0]]))  # (S, 4) y0, vx/2, vy/2, gap seen
+        self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0, CENTRE[0]]]))  # (S, 5) y0, vx/2, vy/2, gap seen, x0
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
@@ -476,10 +477,19 @@ class WorldModel(nn.Module):
 
     def start(self, z: torch.Tensor, seed: int = 0) -> Dream:
         """Latent windows (B, K, D) -> a dream from them: hard ball presence, the coming serve drawn,
-        and, if the ball is out, the frames until it (from how long the window has shown no ball)."""
+        and, if the ball is out, the frames until it (from how long the window has shown no ball). A ball
+        served in the window's last frame keeps the serve seen in training nearest where it appeared (within
+        SERVE_MATCH_PX): where Pong's serve first shows tells where it flies (x < 41.5: to the left, y < 46:
+        up; every one of ~600 recorded serves)."""
         (B, K), c, g = z.shape[:2], latent_table(self, z)[0], latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
         gen = torch.Generator().manual_seed(seed)
         serve = self._serves(B, gen)
+        s = self.predictor.serves.cpu()
+        if s.shape[1] > 4:                                                     # older checkpoints: no x0, drawn
+            at = torch.stack([s[:, 4], s[:, 0] * Predictor.SCALE + CENTRE[1]], 1)   # (S, 2) where each showed first
+            dist, j = torch.cdist(c[:, -1, :BP].cpu(), at).min(1)               # (B,)
+            just = ((c[:, -1, BP] > 0.5) & (c[:, -2, BP] < 0.5)).cpu() & (dist < SERVE_MATCH_PX)
+            serve = torch.where(just[:, None], s[j], serve)
         out = torch.cumprod((c[:, :, BP] < 0.5).flip(1).long(), 1).sum(1).float().cpu()   # (B,) trailing frames without ball
         unknown = (torch.rand(B, generator=gen) * (serve[:, 3] - K).clamp(min=1)).floor() + 1
         wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
@@ -487,7 +497,7 @@ class WorldModel(nn.Module):
 
     def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:
         s = self.predictor.serves
-        return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 4)
+        return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 5)
 
     def dream_step(self, d: Dream, actions: torch.Tensor) -> tuple[Dream, torch.Tensor]:
         """One open-loop step: a dream and the actions at its window's K frames (B, K) -> the dream one
@@ -609,11 +619,11 @@ def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step
 
 def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predictor's serve input u (N, 4) for predicting frame t + 1 from the frames up to t, from
-    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 4).
+    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 5).
 
     Ball out at t: u = (y of its next appearance in this episode, normalised; 0; 0; frames until
     it / 16). Ball served at t (none at t - 1, one at t + 1): u = (0; vx / 2; vy / 2; 0) of its first
-    step. serves: (y, vx / 2, vy / 2, frames without a ball before it) of each appearance after at
+    step. serves: (y, vx / 2, vy / 2, frames without a ball before it, x) of each appearance after at
     least 8 frames without one (a serve: a 1-frame probe miss is not).
     """
     n, pres = len(c), c[:, BP] > 0.5
@@ -634,8 +644,8 @@ def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.nda
     for t in range(1, n - 1):
         gap = -n if not same[t - 1] else 0 if pres[t - 1] else gap + 1        # unknown at an episode's start
         if pres[t] and gap >= 8 and same[t] and pres[t + 1]:
-            serves.append([(c[t, BY] - CENTRE[1]) / Predictor.SCALE, *u[t, 1:3], gap])
-    return u, np.array(serves, np.float32).reshape(-1, 4)
+            serves.append([(c[t, BY] - CENTRE[1]) / Predictor.SCALE, *u[t, 1:3], gap, c[t, BX]])
+    return u, np.array(serves, np.float32).reshape(-1, 5)
 
 
 def pred_windows(data: FrameData, length: int, which: str) -> np.ndarray:

@@ -82,7 +82,24 @@ def test_dreams_are_reproducible_and_the_serve_is_drawn_from_training(learned, v
     a = wm.rollout_batch(ctx, acts, seed=3)
     assert torch.equal(a, wm.rollout_batch(ctx, acts, seed=3))
     serves = wm.predictor.serves
-    assert serves.shape[1] == 4 and len(serves) >= 1 and (serves[:, 3] >= 8).all()   # gaps of a real serve
+    assert serves.shape[1] == 5 and len(serves) >= 1 and (serves[:, 3] >= 8).all()   # gaps of a real serve
+    assert ((serves[:, 4] > 38) & (serves[:, 4] < 46)).all()                      # served from the centre
+
+
+def test_a_ball_served_in_the_context_flies_as_the_serve_seen_there_did():
+    wm = W.WorldModel(W.make_config([]), 6)
+    # Two serves seen in training, first shown 2.6 px apart: one flew left and down, one right and up.
+    left, right = [0.1, -1.05, 0.8, 15.0, 40.2], [-0.025, 1.05, -0.8, 16.0, 42.8]   # y0 normalised: 47.0 / 44.5
+    wm.predictor.serves = torch.tensor([left, right])
+    K, D = wm.context, wm.cfg.model.latent_dim
+    z = torch.zeros(3, K, D)
+    z[:, :, W.BP] = -5.0                                                  # no ball ...
+    z[:, -1, W.BP] = 5.0                                                  # ... until the last frame
+    z[:, -1, W.BX:W.BY + 1] = torch.tensor([[40.4, 46.8], [42.6, 44.6], [60.0, 30.0]])
+    serves = [wm.start(z, seed=s).serve for s in range(8)]                # (3, 5) each
+    assert all(torch.equal(x[0], torch.tensor(left)) and torch.equal(x[1], torch.tensor(right)) for x in serves)
+    far = {int(x[2, 1] > 0) for x in serves}                                # a ball far from any serve's start: drawn
+    assert far == {0, 1}
 
 
 def test_speeds_snap_to_pongs_and_the_base_moves_a_straight_ball_exactly():
