@@ -358,6 +358,12 @@ def held(nxt: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Ten
     return torch.cat([nxt[:, :PT], new, nxt[:, PB + 1:]], 1)
 
 
+def just_served(pres: torch.Tensor) -> torch.Tensor:
+    """Ball presence (B, K) 0/1 of a window -> (B,) bool: the ball appeared in its last frame (served one frame
+    ago). A dream's start matches such a ball's serve, and its steps then tell the predictor that serve."""
+    return (pres[:, -1] > 0.5) & (pres[:, -2] < 0.5)
+
+
 @dataclass
 class Dream:
     """What a dream carries from step to step: the window of K latents as the predictor reads them,
@@ -488,7 +494,7 @@ class WorldModel(nn.Module):
         if s.shape[1] > 4:                                                     # older checkpoints: no x0, drawn
             at = torch.stack([s[:, 4], s[:, 0] * Predictor.SCALE + CENTRE[1]], 1)   # (S, 2) where each showed first
             dist, j = torch.cdist(c[:, -1, :BP].cpu(), at).min(1)               # (B,)
-            just = ((c[:, -1, BP] > 0.5) & (c[:, -2, BP] < 0.5)).cpu() & (dist < SERVE_MATCH_PX)
+            just = just_served(c[:, :, BP]).cpu() & (dist < SERVE_MATCH_PX)
             serve = torch.where(just[:, None], s[j], serve)
         out = torch.cumprod((c[:, :, BP] < 0.5).flip(1).long(), 1).sum(1).float().cpu()   # (B,) trailing frames without ball
         unknown = (torch.rand(B, generator=gen) * (serve[:, 3] - K).clamp(min=1)).floor() + 1
@@ -506,7 +512,7 @@ class WorldModel(nn.Module):
         p = self.predictor
         pres = d.c[:, :, BP]
         out = pres[:, -1] < 0.5
-        just = (pres[:, -1] > 0.5) & (pres[:, -2] < 0.5)                       # served one frame ago
+        just = just_served(pres)
         zero = torch.zeros_like(d.wait)
         u = torch.stack([torch.where(out, d.serve[:, 0], zero), torch.where(just, d.serve[:, 1], zero),
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
