@@ -58,6 +58,9 @@ BX, BY, BP, PT, PB, OT, OB = range(7)
 POS = [BX, BY, PT, PB, OT, OB]             # the positional dims
 FIELD = (PLAYFIELD[0] - 0.5, PLAYFIELD[1] - 0.5)   # the playfield's edges: rows 14..76 span [13.5, 76.5]
 CENTRE = (42.0, 45.0)                      # where an absent ball's coordinates are put (the field's middle)
+# A serve seen in training: where it showed (y normalised, x), its first step / 2, the frames without a ball before
+# it, where the ball was last seen before those, and the opponent's centre when it showed (Pong puts it mid-field).
+SERVE_COLS = ("y0", "vx/2", "vy/2", "gap", "x0", "x_out", "opponent_y")
 SERVE_MATCH_PX = 1.0                       # a just-served ball this near a training serve's first position flies as it did
 MIDFIELD = (14, 68)                        # the ball's x away from the paddles: it flies straight there, it turns only beyond
 
@@ -188,9 +191,9 @@ class Predictor(nn.Module):
     ball presence, their differences from frame to frame (velocities; the ball's only where both
     frames show it), one-hot actions (-1, unknown: zeros), a projection of the last global code, and
     u (4): while the ball is out, where and in how many frames it will be served; on the step after
-    it appears, its velocity. Training takes u from the recording; a dream draws it from the serves
-    seen in training (Pong serves from the centre at a random angle: an average would be a frozen
-    ball). Outputs, each as a residual whose last layer starts at zero: the ball moves on at its
+    it appears, its velocity. Training takes u from the recording; a dream takes it from the serves
+    seen in training (WorldModel.start, next_serve: Pong serves from the centre at one of a few
+    angles, an average would be a frozen ball). Outputs, each as a residual whose last layer starts at zero: the ball moves on at its
     velocity (in midfield the window's mean step when all agree in sign: less encoder noise), snapped
     to the nearest of Pong's ball speeds (BALL_SPEEDS, data/probe.py) when within 0.4 px, plus a
     residual (in 4-px units). Where that step would cross a wall the ball stops at it for a frame, as
@@ -215,7 +218,7 @@ class Predictor(nn.Module):
         self.context, self.num_actions, self.action_conditioned = K, A, action_conditioned
         self.register_buffer("gmean", torch.zeros(G))   # global-code statistics of the training frames
         self.register_buffer("gstd", torch.ones(G))
-        self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0, CENTRE[0]]]))  # (S, 5) y0, vx/2, vy/2, gap seen, x0
+        self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0, CENTRE[0], 81.9, 48.0]]))  # (S, 7): SERVE_COLS
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
@@ -364,15 +367,32 @@ def just_served(pres: torch.Tensor) -> torch.Tensor:
     return (pres[:, -1] > 0.5) & (pres[:, -2] < 0.5)
 
 
+def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The serve whose straight path from the centre a window's ball is on. c (B, K, 7) coordinates with
+    presence 0/1, serves (S, 6) -> index (B,) into serves and whether one matched (B,). A ball in its last
+    two frames matches a serve when its step is the serve's (within 0.5 px in x and y) and its position
+    is on the serve's line (within px in y where its x is): a serve's ball flies straight until a paddle
+    or a wall turns it (Pong serves from x ~ 42 and goes out past a paddle after ~19 frames)."""
+    y0, v, x0 = serves[:, 0] * Predictor.SCALE + CENTRE[1], 2 * serves[:, 1:3], serves[:, 4]   # (S,), (S, 2), (S,)
+    xy, step = c[:, -1, :BP], c[:, -1, :BP] - c[:, -2, :BP]                    # (B, 2) each
+    k = (xy[:, :1] - x0) / v[:, 0]                                             # (B, S) frames since that serve
+    dy = (xy[:, 1:] - (y0 + v[:, 1] * k)).abs()
+    dv = (step[:, None] - v).abs()                                             # (B, S, 2)
+    ok = (k > 0) & (dy < px) & (dv < 0.5).all(-1) & (c[:, -2:, BP] > 0.5).all(1, keepdim=True)
+    j = torch.where(ok, dy + dv.sum(-1), torch.full_like(dy, math.inf)).argmin(1)
+    return j, ok.any(1)
+
+
 @dataclass
 class Dream:
     """What a dream carries from step to step: the window of K latents as the predictor reads them,
     the coming serve (drawn from those seen in training) and the frames left until it."""
     c: torch.Tensor        # (B, K, 7) coordinates, ball presence 0/1
     g: torch.Tensor        # (B, G) normalised global code of the last frame
-    serve: torch.Tensor    # (B, 4) y0 (normalised), vx / 2, vy / 2, gap (frames without a ball before it)
+    serve: torch.Tensor    # (B, 7) SERVE_COLS (older checkpoints: fewer)
     wait: torch.Tensor     # (B,) frames until that serve while the ball is out
     gen: torch.Generator   # draws the serves: a dream is reproducible from its seed
+    timed: torch.Tensor | None = None   # (B,) bool: the wait is known (the dream saw the ball leave), not drawn
 
 
 def _check_frames(x, name: str, n: int | None = None) -> torch.Tensor:
@@ -482,33 +502,69 @@ class WorldModel(nn.Module):
         return self.start(self.ae.encode(context.flatten(0, 1).to(self.device)).view(B, K, -1), seed)
 
     def start(self, z: torch.Tensor, seed: int = 0) -> Dream:
-        """Latent windows (B, K, D) -> a dream from them: hard ball presence, the coming serve drawn,
-        and, if the ball is out, the frames until it (from how long the window has shown no ball). A ball
-        served in the window's last frame keeps the serve seen in training nearest where it appeared (within
+        """Latent windows (B, K, D) -> a dream from them: hard ball presence, the serve of the rally the window
+        shows (the one whose straight path from the centre its ball is on, else one drawn) and, if the ball
+        is out, the frames until the next (from how long the window has shown no ball). A ball served in the
+        window's last frame keeps the serve seen in training nearest where it appeared (within
         SERVE_MATCH_PX): where Pong's serve first shows tells where it flies (x < 41.5: to the left, y < 46:
-        up; every one of ~600 recorded serves)."""
+        up; every one of ~600 recorded serves). A window in which the ball went out waits for a serve toward
+        the side that lost the point (next_serve)."""
         (B, K), c, g = z.shape[:2], latent_table(self, z)[0], latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
         gen = torch.Generator().manual_seed(seed)
         serve = self._serves(B, gen)
+        r = torch.rand(B, generator=gen)                                       # where in an unseen gap the window is
         s = self.predictor.serves.cpu()
+        cc = c.cpu()
         if s.shape[1] > 4:                                                     # older checkpoints: no x0, drawn
             at = torch.stack([s[:, 4], s[:, 0] * Predictor.SCALE + CENTRE[1]], 1)   # (S, 2) where each showed first
-            dist, j = torch.cdist(c[:, -1, :BP].cpu(), at).min(1)               # (B,)
-            just = just_served(c[:, :, BP]).cpu() & (dist < SERVE_MATCH_PX)
-            serve = torch.where(just[:, None], s[j], serve)
-        out = torch.cumprod((c[:, :, BP] < 0.5).flip(1).long(), 1).sum(1).float().cpu()   # (B,) trailing frames without ball
-        unknown = (torch.rand(B, generator=gen) * (serve[:, 3] - K).clamp(min=1)).floor() + 1
+            dist, j = torch.cdist(cc[:, -1, :BP], at).min(1)                   # (B,)
+            just = just_served(cc[:, :, BP]) & (dist < SERVE_MATCH_PX)
+            j2, on_path = serve_of(cc, s)
+            serve = torch.where(just[:, None], s[j], torch.where(on_path[:, None], s[j2], serve))
+        pres = cc[:, :, BP] > 0.5
+        out = torch.cumprod((~pres).flip(1).long(), 1).sum(1).float()         # (B,) trailing frames without ball
+        seen = pres[:, :-1] & (out < K)[:, None]                               # a ball before the window's end
+        if seen.any():                                                         # it went out: toward whom is the next?
+            last = (seen * torch.arange(1, K)).argmax(1)                       # (B,) the last frame with a ball
+            went = seen.any(1) & (out > 0)
+            serve[went] = self.next_serve(serve[went], cc[torch.arange(B), last, BX][went], gen)
+        unknown = (r * (serve[:, 3] - K).clamp(min=1)).floor() + 1
         wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
-        return Dream(c, g, serve.to(z.device), wait.to(z.device), gen)
+        return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, (out < K).to(z.device))
 
     def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:
         s = self.predictor.serves
         return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 5)
 
+    def next_serve(self, serve: torch.Tensor, last_x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The serve after a point whose ball was last seen at x = last_x (B,), toward the side that lost it:
+        Pong repeats the rally's serve (serve (B, 6), CPU) when the same side loses again (113 of 121 such
+        points on recorded random play, 25 of 35 on tracker play), else one drawn from the training serves
+        toward it. It comes after as many frames as it did after the 5 training points whose ball was last
+        seen nearest last_x on that side (their median): where the ball last shows tells the frame phase of
+        its exit (recorded play's probe: 15 frames after a last x of 81.6-82.5 or 1.1-2.1, 16 after 79.6-81.2
+        or 3.2, on 300 of 300 points)."""
+        s = self.predictor.serves.cpu()
+        side = torch.sign(last_x - CENTRE[0])
+        keep = torch.sign(serve[:, 1]) == side
+        drawn = serve.clone()
+        for sgn in (-1.0, 1.0):
+            rows = torch.nonzero(torch.sign(s[:, 1]) == sgn)[:, 0]
+            pick = ~keep & (side == sgn)
+            if len(rows) and pick.any():
+                drawn[pick] = s[rows[torch.randint(len(rows), (int(pick.sum()),), generator=gen)]]
+        nxt = torch.where(keep[:, None], serve, drawn)
+        if s.shape[1] > 5:                                                     # older checkpoints: the serve's own gap
+            far = (last_x[:, None] - s[:, 5]).abs() + torch.where(torch.sign(s[:, 5] - CENTRE[0]) == side[:, None], 0, math.inf)
+            dist, j = far.topk(min(5, len(s)), 1, largest=False)               # the 5 nearest: the encoder's x is ~0.3 px off
+            gap = torch.where(dist.isfinite(), s[j, 3], math.nan).nanmedian(1).values
+            nxt[:, 3] = torch.where(gap.isfinite(), gap, nxt[:, 3])
+        return nxt
+
     def dream_step(self, d: Dream, actions: torch.Tensor) -> tuple[Dream, torch.Tensor]:
         """One open-loop step: a dream and the actions at its window's K frames (B, K) -> the dream one
         frame on, and that frame, float (B, 84, 84) in 0..1 (unclamped). While the ball is out, the
-        predictor is told where and when the drawn serve comes; when it goes out, another is drawn."""
+        predictor is told where and when the serve comes; when it goes out, the next is next_serve's."""
         p = self.predictor
         pres = d.c[:, :, BP]
         out = pres[:, -1] < 0.5
@@ -517,6 +573,22 @@ class WorldModel(nn.Module):
         u = torch.stack([torch.where(out, d.serve[:, 0], zero), torch.where(just, d.serve[:, 1], zero),
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
         nxt, g, _ = p(d.c, d.g, actions, u)
+        if d.serve.shape[1] > 6:
+            # A serve comes when its frame comes, never before (the predictor had served a ball out past a rarely
+            # seen side a frame after it left; a ball the encoder lost in midfield is the predictor's to bring back;
+            # a window that never showed the ball leave has a drawn wait: there the predictor serves when it sees
+            # fit, as it did before this rule), shows where it showed in training with the opponent mid-field (as on
+            # every recorded serve: without it the opponent stayed hidden above the wall), and flies its first step.
+            timed = d.timed if d.timed is not None else torch.zeros_like(out)
+            appear = out & torch.where(timed, d.wait <= 1, nxt[:, BP] > 0)   # a drawn wait: the predictor's call
+            xy0 = torch.stack([d.serve[:, 4], d.serve[:, 0] * Predictor.SCALE + CENTRE[1]], 1)   # (B, 2)
+            first = just & ((d.c[:, -1, :BP] - xy0).norm(dim=1) < SERVE_MATCH_PX)   # a ball back after the encoder lost it is no serve
+            ball = torch.where(appear[:, None], xy0, torch.where(first[:, None], d.c[:, -1, :BP] + 2 * d.serve[:, 1:3], nxt[:, :BP]))
+            x1 = d.c[:, -2, BX]                                                # a ball last seen beyond a paddle's face left
+            left = out & ((pres[:, -2] < 0.5) | (x1 <= MIDFIELD[0]) | (x1 >= MIDFIELD[1]))   # (else the encoder lost it)
+            shown = torch.where(appear | first, 10.0, torch.where(left, -10.0, nxt[:, BP]))
+            opp = torch.stack([d.serve[:, 6] - 3.5, d.serve[:, 6] + 3.5], 1)
+            nxt = torch.cat([ball, shown[:, None], nxt[:, PT:OT], torch.where(appear[:, None], opp, nxt[:, OT:])], 1)
         nxt = no_crawl(onto_field(nxt), d.c, p.speeds[0])                     # x's speeds (an inf pad is never nearest)
         if p.action_conditioned:                                                # a model blind to actions stays so
             nxt = held(nxt, d.c, actions)
@@ -524,13 +596,15 @@ class WorldModel(nn.Module):
         gone = (~on & ~out).cpu()
         serve = d.serve.clone()
         if gone.any():
-            serve[gone.to(serve.device)] = self._serves(int(gone.sum()), d.gen).to(serve.device)
+            g_ = gone.to(serve.device)
+            serve[g_] = self.next_serve(serve[g_].cpu(), d.c[:, -1, BX].cpu()[gone], d.gen).to(serve.device)
         wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
         nxt = torch.cat([nxt[:, :BP], on[:, None].float(), nxt[:, BP + 1:]], 1)
         drawn = p.codes[torch.cdist(g, p.codes).argmin(1)] if self.objects else g   # a score band seen in training
         frame = self.ae.decode(torch.cat([nxt[:, :BP], (16 * on[:, None].float() - 8), nxt[:, BP + 1:],
                                           drawn * p.gstd + p.gmean], 1))
-        return Dream(torch.cat([d.c[:, 1:], nxt[:, None]], 1), g, serve, wait, d.gen), frame
+        timed = gone.to(out.device) | (out & ~on & (d.timed if d.timed is not None else torch.zeros_like(out)))
+        return Dream(torch.cat([d.c[:, 1:], nxt[:, None]], 1), g, serve, wait, d.gen, timed), frame
 
     def save(self, path: str | Path, **extra) -> None:
         """Self-describing checkpoint, written to a temporary file and renamed (never half-written)."""
@@ -625,11 +699,11 @@ def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step
 
 def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predictor's serve input u (N, 4) for predicting frame t + 1 from the frames up to t, from
-    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 5).
+    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 6).
 
     Ball out at t: u = (y of its next appearance in this episode, normalised; 0; 0; frames until
     it / 16). Ball served at t (none at t - 1, one at t + 1): u = (0; vx / 2; vy / 2; 0) of its first
-    step. serves: (y, vx / 2, vy / 2, frames without a ball before it, x) of each appearance after at
+    step. serves: SERVE_COLS of each appearance after at
     least 8 frames without one (a serve: a 1-frame probe miss is not).
     """
     n, pres = len(c), c[:, BP] > 0.5
@@ -650,8 +724,9 @@ def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.nda
     for t in range(1, n - 1):
         gap = -n if not same[t - 1] else 0 if pres[t - 1] else gap + 1        # unknown at an episode's start
         if pres[t] and gap >= 8 and same[t] and pres[t + 1]:
-            serves.append([(c[t, BY] - CENTRE[1]) / Predictor.SCALE, *u[t, 1:3], gap, c[t, BX]])
-    return u, np.array(serves, np.float32).reshape(-1, 5)
+            serves.append([(c[t, BY] - CENTRE[1]) / Predictor.SCALE, *u[t, 1:3], gap, c[t, BX], c[t - gap - 1, BX],
+                           (c[t, OT] + c[t, OB]) / 2])
+    return u, np.array(serves, np.float32).reshape(-1, len(SERVE_COLS))
 
 
 def pred_windows(data: FrameData, length: int, which: str) -> np.ndarray:

@@ -82,7 +82,8 @@ def test_dreams_are_reproducible_and_the_serve_is_drawn_from_training(learned, v
     a = wm.rollout_batch(ctx, acts, seed=3)
     assert torch.equal(a, wm.rollout_batch(ctx, acts, seed=3))
     serves = wm.predictor.serves
-    assert serves.shape[1] == 5 and len(serves) >= 1 and (serves[:, 3] >= 8).all()   # gaps of a real serve
+    assert serves.shape[1] == len(W.SERVE_COLS) and len(serves) >= 1 and (serves[:, 3] >= 8).all()   # gaps of a real serve
+    assert ((serves[:, 5] < 10) | (serves[:, 5] > 74)).all()                       # after a ball went out past a paddle
     assert ((serves[:, 4] > 38) & (serves[:, 4] < 46)).all()                      # served from the centre
 
 
@@ -100,6 +101,55 @@ def test_a_ball_served_in_the_context_flies_as_the_serve_seen_there_did():
     assert all(torch.equal(x[0], torch.tensor(left)) and torch.equal(x[1], torch.tensor(right)) for x in serves)
     far = {int(x[2, 1] > 0) for x in serves}                                # a ball far from any serve's start: drawn
     assert far == {0, 1}
+
+
+def test_the_next_point_is_served_as_the_rally_was_when_the_same_side_loses_it():
+    wm = W.WorldModel(W.make_config([]), 6)
+    left, right = [0.1, -1.05, 0.8, 15.0, 40.2, 1.6, 47.0], [-0.025, 1.05, -0.8, 16.0, 42.8, 81.2, 46.5]   # + x out, opponent
+    late = [-0.025, 1.05, -0.8, 15.0, 42.3, 81.9, 48.0]                   # the same serve after a later exit
+    wm.predictor.serves = torch.tensor([left] * 2 + [right] * 6 + [late] * 6)
+    K, D = wm.context, wm.cfg.model.latent_dim
+    z = torch.zeros(4, K, D)
+    z[:, :, W.BP] = 5.0                                                   # the ball in every frame
+    t = torch.arange(K, dtype=torch.float32) + 5                          # 5..8 frames after the serve
+    z[0, :, W.BX], z[0, :, W.BY] = 42.8 + 2.1 * t, 44.5 - 1.6 * t          # on the right serve's path
+    z[1, :, W.BX], z[1, :, W.BY] = 40.2 - 2.1 * t, 47.0 + 1.6 * t          # on the left one's
+    z[2, :, W.BX], z[2, :, W.BY] = 42.8 + 2.1 * t, 34.5 - 1.6 * t          # right's speed, 10 rows off its path
+    z[3, :, W.BX], z[3, :, W.BY] = 70.0 + 0.2 * t, 30.0 - 1.6 * t          # going right, no serve's speed
+    z[3, -2:, W.BP] = -5.0                                                # ... and out for two frames
+    dreams = [wm.start(z, seed=s) for s in range(40)]
+    assert all(torch.equal(d.serve[0], torch.tensor(right)) and torch.equal(d.serve[1], torch.tensor(left))
+               for d in dreams)
+    assert {int(d.serve[2, 1] > 0) for d in dreams} == {0, 1}              # off every path: drawn
+    assert all(d.serve[3, 1] > 0 for d in dreams)                          # it went out on the right: served there
+    gen = torch.Generator().manual_seed(0)
+    both = torch.tensor([right, right])
+    nxt = wm.next_serve(both, torch.tensor([81.5, 2.0]), gen)              # the right side lost again / the left did
+    assert torch.equal(nxt[0], torch.tensor(right)) and torch.equal(nxt[1], torch.tensor(left))
+    gaps = wm.next_serve(torch.tensor([right, right]), torch.tensor([81.1, 81.8]), gen)[:, 3]
+    assert gaps.tolist() == [16.0, 15.0]                                  # the exit's frame phase sets the wait
+
+
+def test_a_ball_that_went_out_is_served_when_its_frame_comes_where_the_serve_showed():
+    wm = W.WorldModel(W.make_config([]), 6)                               # untrained: the serve's timing is not learned
+    right = [-0.025, 1.05, -0.8, 16.0, 42.8, 81.2, 46.5]                  # 16 frames after a ball last seen at x 81.2
+    wm.predictor.serves = torch.tensor([right] * 6)
+    K, D = wm.context, wm.cfg.model.latent_dim
+    z = torch.zeros(1, K, D)
+    z[0, :, W.BP] = 5.0
+    z[0, :, W.BX], z[0, :, W.BY] = 81.2 - 2.1 * torch.arange(K - 1, -1, -1.0), 60.0
+    z[0, -1, W.BP] = -5.0                                                 # out in the last frame
+    z[0, :, W.OT], z[0, :, W.OB] = 10.0, 12.0                             # the opponent above the wall
+    d, shown = wm.start(z), []
+    with torch.no_grad():
+        for _ in range(17):
+            d, _ = wm.dream_step(d, torch.zeros(1, K, dtype=torch.long))
+            shown.append(d.c[0, -1].clone())
+    pres = [bool(c[W.BP] > 0.5) for c in shown]
+    assert pres == [False] * 15 + [True] * 2                              # 16 frames without a ball, then the serve
+    at, nxt = shown[15], shown[16]
+    assert torch.allclose(at[:W.BP], torch.tensor([42.8, 44.5])) and abs((at[W.OT] + at[W.OB]) / 2 - 46.5) < 0.01
+    assert torch.allclose(nxt[:W.BP] - at[:W.BP], torch.tensor([2.1, -1.6]))   # its first step is the serve's
 
 
 def test_speeds_snap_to_pongs_and_the_base_moves_a_straight_ball_exactly():
