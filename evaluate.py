@@ -269,6 +269,11 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     ok = object_agreement(real, pred) if wm.objects else {}
     one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(data.frames[s + K - 1], real)
            } | {k: float(v.mean()) for k, v in ok.items()}
+    if wm.objects:   # the ball's baselines on the same windows (open_loop has them on its fewer starts)
+        one["copy_last_ball"] = float(object_agreement(real, data.frames[s + K - 1])["ball"].mean())
+        cv = constant_velocity(data.frames[s[:, None] + np.arange(K)], 1)
+        rp = {k: v[:, None] for k, v in probe(real).items()}
+        one["const_velocity_ball"] = float(ball_kept(rp, cv, 2.0).mean())
     return rec, one
 
 # ------------------------------------------------------------------------------------ the measurement
@@ -677,7 +682,9 @@ def _print_objects(m: dict, r: dict, o: dict) -> None:
           f"(frames with a ball {r['ball_on_frames_with_ball']:.1%})"
           f"  player {r['player']:.1%}  opponent {r['opponent']:.1%}  ({r['frames']} frames)")
     if o.get("windows"):
-        print(f"one step          MSE {o['mse']:.5f} (copy-last {o['copy_last_mse']:.5f})  ball {o['ball']:.1%}  "
+        base = f" (copy-last {o['copy_last_ball']:.1%}, const-velocity {o['const_velocity_ball']:.1%})" \
+            if "copy_last_ball" in o else ""
+        print(f"one step          MSE {o['mse']:.5f} (copy-last {o['copy_last_mse']:.5f})  ball {o['ball']:.1%}{base}  "
               f"player {o['player']:.1%}  opponent {o['opponent']:.1%}  ({o['windows']} windows, teacher-forced)")
     dm, dr = m["dream"]["model"], m["dream"]["real"]
     print(f"dream             {m['dream']['dreams']} x {m['dream']['steps']} steps, {m['dream']['actions']} actions:  "

@@ -69,6 +69,8 @@ def figures(wm, data) -> dict:
     return {
         "recon_ball": r["ball"], "recon_player": r["player"], "recon_opponent": r["opponent"],
         **{f"step1_{k}": ol[k]["ball_ok"]["1"] for k in ("model", "copy_last", "const_velocity")},
+        **{f"step1_all_{k}": m["one_step"][b] for k, b in (("model", "ball"), ("copy_last", "copy_last_ball"),
+                                                           ("const_velocity", "const_velocity_ball"))},
         **{f"track_{k}": ol[k]["ball_tracking_horizon_median"] for k in ("model", "copy_last", "const_velocity")},
         **{f"track4_{k}": ol[k]["ball_tracking_horizon_median_4px"] for k in ("model", "copy_last", "const_velocity")},
         **{f"copy_beats_{k}": len(v) for k, v in ol["copy_last_beats_model_objects_at"].items()},
@@ -147,6 +149,8 @@ def main() -> None:
         ("reconstruction: player paddle within 1 px %", "recon_player", True, min, None),
         ("reconstruction: opponent paddle within 1 px %", "recon_opponent", True, min, None),
         ("open loop: ball right at step 1 % (copy-last, const-vel)", "step1_model", True, min, ("step1_copy_last", "step1_const_velocity")),
+        ("the same, every window of the set (~3,000) % (copy-last, const-vel)", "step1_all_model", True, min,
+         ("step1_all_copy_last", "step1_all_const_velocity")),
         ("open loop: ball tracked, median steps, 2 px (copy-last, const-vel)", "track_model", False, min,
          ("track_copy_last", "track_const_velocity")),
         ("open loop: same, 4 px", "track4_model", False, min, ("track4_copy_last", "track4_const_velocity")),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.d4rl_frames import FrameData
-from data.probe import UP, probe
+from data.probe import UP, object_agreement, probe
 from evaluate import (
     ball_kept,
     constant_velocity,
@@ -75,6 +75,12 @@ def test_baselines_and_model_match_direct_computations(evaluated, trained, val_d
     worse = [int(r["h"]) for r in rows if float(r["copy_last_mse"]) < float(r["model_mse"])]
     assert worse == ol["copy_last_beats_model_mse_at"]
     assert bool(m["warnings"]) == bool(worse)
+    # One step on every window: the baselines on the same windows as the model, and agreeing with open_loop's.
+    o, starts = m["one_step"], val_data.starts(K + 1)
+    assert o["windows"] == len(starts)
+    kept = object_agreement(val_data.frames[starts + K], val_data.frames[starts + K - 1])["ball"]
+    assert o["copy_last_ball"] == pytest.approx(kept.mean())
+    assert o["const_velocity_ball"] > o["copy_last_ball"]          # the ball moves: standing still loses it
 
 
 def test_ball_tracking_is_consistent_across_outputs(evaluated):
