@@ -193,10 +193,10 @@ class Predictor(nn.Module):
     u (4): while the ball is out, where and in how many frames it will be served; on the step after
     it appears, its velocity. Training takes u from the recording; a dream takes it from the serves
     seen in training (WorldModel.start, next_serve: Pong serves from the centre at one of a few
-    angles, an average would be a frozen ball). Outputs, each as a residual whose last layer starts at zero: the ball moves on at its
-    velocity (in midfield the window's mean step when all agree in sign: less encoder noise), snapped
-    to the nearest of Pong's ball speeds (BALL_SPEEDS, data/probe.py) when within 0.4 px, plus a
-    residual (in 4-px units). Where that step would cross a wall the ball stops at it for a frame, as
+    angles, an average would be a frozen ball). Outputs, each as a residual whose last layer starts
+    at zero: the ball moves on at its velocity (in midfield the window's mean step when all agree in
+    sign: less encoder noise), snapped to the nearest of Pong's ball speeds (BALL_SPEEDS,
+    data/probe.py) when within 0.4 px, plus a residual (in 4-px units). Where that step would cross a wall the ball stops at it for a frame, as
     Pong's does, and leaves it mirrored. At a paddle's face (FACES) a turn logit decides, hard, whether
     its horizontal step reverses (a return) or goes on (a miss): trained as a classifier on the
     recorded turns, so a dream picks one instead of hedging between the two. Each paddle's centre is
@@ -369,7 +369,7 @@ def just_served(pres: torch.Tensor) -> torch.Tensor:
 
 def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
     """The serve whose straight path from the centre a window's ball is on. c (B, K, 7) coordinates with
-    presence 0/1, serves (S, 6) -> index (B,) into serves and whether one matched (B,). A ball in its last
+    presence 0/1, serves (S, >= 5) SERVE_COLS -> index (B,) into serves and whether one matched (B,). A ball in its last
     two frames matches a serve when its step is the serve's (within 0.5 px in x and y) and its position
     is on the serve's line (within px in y where its x is): a serve's ball flies straight until a paddle
     or a wall turns it (Pong serves from x ~ 42 and goes out past a paddle after ~19 frames)."""
@@ -386,7 +386,7 @@ def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[to
 @dataclass
 class Dream:
     """What a dream carries from step to step: the window of K latents as the predictor reads them,
-    the coming serve (drawn from those seen in training) and the frames left until it."""
+    the rally's serve or the coming one (from those seen in training) and the frames left until it."""
     c: torch.Tensor        # (B, K, 7) coordinates, ball presence 0/1
     g: torch.Tensor        # (B, G) normalised global code of the last frame
     serve: torch.Tensor    # (B, 7) SERVE_COLS (older checkpoints: fewer)
@@ -534,11 +534,11 @@ class WorldModel(nn.Module):
 
     def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:
         s = self.predictor.serves
-        return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 5)
+        return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 7)
 
     def next_serve(self, serve: torch.Tensor, last_x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The serve after a point whose ball was last seen at x = last_x (B,), toward the side that lost it:
-        Pong repeats the rally's serve (serve (B, 6), CPU) when the same side loses again (113 of 121 such
+        Pong repeats the rally's serve (serve (B, 7), CPU) when the same side loses again (113 of 121 such
         points on recorded random play, 25 of 35 on tracker play), else one drawn from the training serves
         toward it. It comes after as many frames as it did after the 5 training points whose ball was last
         seen nearest last_x on that side (their median): where the ball last shows tells the frame phase of
@@ -699,7 +699,7 @@ def predictor_batch(cfg: Config, starts: np.ndarray, actions: torch.Tensor, step
 
 def serve_inputs(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predictor's serve input u (N, 4) for predicting frame t + 1 from the frames up to t, from
-    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 6).
+    coordinates c (N, 7) (hard presence) of consecutive frames; and the serves seen (S, 7).
 
     Ball out at t: u = (y of its next appearance in this episode, normalised; 0; 0; frames until
     it / 16). Ball served at t (none at t - 1, one at t + 1): u = (0; vx / 2; vy / 2; 0) of its first
