@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record
-from data.probe import (BALL_MOVES_PX, BALL_X_RANGE, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, compare_probes, object_agreement, paddle_intact, probe, record_labelled,
+from data.probe import (BALL_MOVES_PX, BALL_X_RANGE, BALL_Y_RANGE, DOWN, PLAYFIELD, UP, PADDLE_COLS, compare_probes, paddle_intact, probe, record_labelled,
                         validate_probe)
 from outputs import evenly, json_safe, new_folder, panels, save_video, strip, which_checkpoint
 from world_model import (Config, HeldoutConfig, WorldModel, encode_all, make_config, pixel_mse, squared_error,
@@ -265,15 +265,15 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
     acts = torch.from_numpy(np.asarray(data.actions, np.int64)).to(wm.device)
     idx = torch.from_numpy(s[:, None] + np.arange(K))                          # (W, K)
     pred = np.concatenate([to_uint8(wm.dream_step(wm.start(z[j]), acts[j])[1]) for j in idx.split(batch)])
-    real = data.frames[s + K]
-    ok = object_agreement(real, pred) if wm.objects else {}
-    one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(data.frames[s + K - 1], real)
-           } | {k: float(v.mean()) for k, v in ok.items()}
-    if wm.objects:   # the ball's baselines on the same windows (open_loop has them on its fewer starts)
-        one["copy_last_ball"] = float(object_agreement(real, data.frames[s + K - 1])["ball"].mean())
+    real, last = data.frames[s + K], data.frames[s + K - 1]
+    one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(last, real)}
+    if wm.objects:   # the real frames probed once; the ball's baselines on the same windows (open_loop: fewer)
+        rp = probe(real)
+        ok = compare_probes(rp, probe(pred))
+        one |= {k: float(ok[k].mean()) for k in ("ball", *PADDLE_COLS)}
+        one["copy_last_ball"] = float(compare_probes(rp, probe(last))["ball"].mean())
         cv = constant_velocity(data.frames[s[:, None] + np.arange(K)], 1)
-        rp = {k: v[:, None] for k, v in probe(real).items()}
-        one["const_velocity_ball"] = float(ball_kept(rp, cv, 2.0).mean())
+        one["const_velocity_ball"] = float(ball_kept({k: v[:, None] for k, v in rp.items()}, cv, 2.0).mean())
     return rec, one
 
 # ------------------------------------------------------------------------------------ the measurement

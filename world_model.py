@@ -196,8 +196,8 @@ class Predictor(nn.Module):
     angles, an average would be a frozen ball). Outputs, each as a residual whose last layer starts
     at zero: the ball moves on at its velocity (in midfield the window's mean step when all agree in
     sign: less encoder noise), snapped to the nearest of Pong's ball speeds (BALL_SPEEDS,
-    data/probe.py) when within 0.4 px, plus a residual (in 4-px units). Where that step would cross a wall the ball stops at it for a frame, as
-    Pong's does, and leaves it mirrored. At a paddle's face (FACES) a turn logit decides, hard, whether
+    data/probe.py) when within 0.4 px, plus a residual (in 4-px units). Where that step would cross a
+    wall the ball stops at it for a frame, as Pong's does, and leaves it mirrored. At a paddle's face (FACES) a turn logit decides, hard, whether
     its horizontal step reverses (a return) or goes on (a miss): trained as a classifier on the
     recorded turns, so a dream picks one instead of hedging between the two. Each paddle's centre is
     the last one plus a residual, its height 7 rows plus a residual (absolute, so it cannot drift);
@@ -367,16 +367,22 @@ def just_served(pres: torch.Tensor) -> torch.Tensor:
     return (pres[:, -1] > 0.5) & (pres[:, -2] < 0.5)
 
 
+def serve_origin(serves: torch.Tensor) -> torch.Tensor:
+    """Where each serve first showed, in pixels: serves (..., >= 5) SERVE_COLS -> (..., 2) x, y."""
+    return torch.stack([serves[..., 4], serves[..., 0] * Predictor.SCALE + CENTRE[1]], -1)
+
+
 def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
     """The serve whose straight path from the centre a window's ball is on. c (B, K, 7) coordinates with
-    presence 0/1, serves (S, >= 5) SERVE_COLS -> index (B,) into serves and whether one matched (B,). A ball in its last
-    two frames matches a serve when its step is the serve's (within 0.5 px in x and y) and its position
-    is on the serve's line (within px in y where its x is): a serve's ball flies straight until a paddle
-    or a wall turns it (Pong serves from x ~ 42 and goes out past a paddle after ~19 frames)."""
-    y0, v, x0 = serves[:, 0] * Predictor.SCALE + CENTRE[1], 2 * serves[:, 1:3], serves[:, 4]   # (S,), (S, 2), (S,)
+    presence 0/1, serves (S, >= 5) SERVE_COLS -> index (B,) into serves and whether one matched (B,). A
+    ball in its last two frames matches a serve when its step is the serve's (within 0.5 px in x and y)
+    and its position is on the serve's line (within px in y where its x is): a serve's ball flies
+    straight until a paddle or a wall turns it (Pong serves from x ~ 42 and goes out past a paddle after
+    ~19 frames)."""
+    o, v = serve_origin(serves), 2 * serves[:, 1:3]                            # (S, 2) each
     xy, step = c[:, -1, :BP], c[:, -1, :BP] - c[:, -2, :BP]                    # (B, 2) each
-    k = (xy[:, :1] - x0) / v[:, 0]                                             # (B, S) frames since that serve
-    dy = (xy[:, 1:] - (y0 + v[:, 1] * k)).abs()
+    k = (xy[:, :1] - o[:, 0]) / v[:, 0]                                        # (B, S) frames since that serve
+    dy = (xy[:, 1:] - (o[:, 1] + v[:, 1] * k)).abs()
     dv = (step[:, None] - v).abs()                                             # (B, S, 2)
     ok = (k > 0) & (dy < px) & (dv < 0.5).all(-1) & (c[:, -2:, BP] > 0.5).all(1, keepdim=True)
     j = torch.where(ok, dy + dv.sum(-1), torch.full_like(dy, math.inf)).argmin(1)
@@ -392,7 +398,7 @@ class Dream:
     serve: torch.Tensor    # (B, 7) SERVE_COLS (older checkpoints: fewer)
     wait: torch.Tensor     # (B,) frames until that serve while the ball is out
     gen: torch.Generator   # draws the serves: a dream is reproducible from its seed
-    timed: torch.Tensor | None = None   # (B,) bool: the wait is known (the dream saw the ball leave), not drawn
+    timed: torch.Tensor    # (B,) bool: the wait is known (the dream saw the ball leave), not drawn
 
 
 def _check_frames(x, name: str, n: int | None = None) -> torch.Tensor:
@@ -516,8 +522,7 @@ class WorldModel(nn.Module):
         s = self.predictor.serves.cpu()
         cc = c.cpu()
         if s.shape[1] > 4:                                                     # older checkpoints: no x0, drawn
-            at = torch.stack([s[:, 4], s[:, 0] * Predictor.SCALE + CENTRE[1]], 1)   # (S, 2) where each showed first
-            dist, j = torch.cdist(cc[:, -1, :BP], at).min(1)                   # (B,)
+            dist, j = torch.cdist(cc[:, -1, :BP], serve_origin(s)).min(1)     # (B,) the serve that showed nearest
             just = just_served(cc[:, :, BP]) & (dist < SERVE_MATCH_PX)
             j2, on_path = serve_of(cc, s)
             serve = torch.where(just[:, None], s[j], torch.where(on_path[:, None], s[j2], serve))
@@ -579,9 +584,8 @@ class WorldModel(nn.Module):
             # a window that never showed the ball leave has a drawn wait: there the predictor serves when it sees
             # fit, as it did before this rule), shows where it showed in training with the opponent mid-field (as on
             # every recorded serve: without it the opponent stayed hidden above the wall), and flies its first step.
-            timed = d.timed if d.timed is not None else torch.zeros_like(out)
-            appear = out & torch.where(timed, d.wait <= 1, nxt[:, BP] > 0)   # a drawn wait: the predictor's call
-            xy0 = torch.stack([d.serve[:, 4], d.serve[:, 0] * Predictor.SCALE + CENTRE[1]], 1)   # (B, 2)
+            appear = out & torch.where(d.timed, d.wait <= 1, nxt[:, BP] > 0)   # a drawn wait: the predictor's call
+            xy0 = serve_origin(d.serve)                                        # (B, 2)
             first = just & ((d.c[:, -1, :BP] - xy0).norm(dim=1) < SERVE_MATCH_PX)   # a ball back after the encoder lost it is no serve
             ball = torch.where(appear[:, None], xy0, torch.where(first[:, None], d.c[:, -1, :BP] + 2 * d.serve[:, 1:3], nxt[:, :BP]))
             x1 = d.c[:, -2, BX]                                                # a ball last seen beyond a paddle's face left
@@ -603,7 +607,7 @@ class WorldModel(nn.Module):
         drawn = p.codes[torch.cdist(g, p.codes).argmin(1)] if self.objects else g   # a score band seen in training
         frame = self.ae.decode(torch.cat([nxt[:, :BP], (16 * on[:, None].float() - 8), nxt[:, BP + 1:],
                                           drawn * p.gstd + p.gmean], 1))
-        timed = gone.to(out.device) | (out & ~on & (d.timed if d.timed is not None else torch.zeros_like(out)))
+        timed = gone.to(out.device) | (out & ~on & d.timed)
         return Dream(torch.cat([d.c[:, 1:], nxt[:, None]], 1), g, serve, wait, d.gen, timed), frame
 
     def save(self, path: str | Path, **extra) -> None:
