@@ -199,7 +199,9 @@ class Predictor(nn.Module):
     data/probe.py) when within 0.4 px, plus a residual (in 4-px units). Where that step would cross a
     wall the ball stops at it for a frame, as Pong's does, and leaves it mirrored. At a paddle's face (FACES) a turn logit decides, hard, whether
     its horizontal step reverses (a return) or goes on (a miss): trained as a classifier on the
-    recorded turns, so a dream picks one instead of hedging between the two. Each paddle's centre is
+    recorded turns, so a dream picks one instead of hedging between the two. Outside training, near a wall or
+    a paddle the ball instead takes the step that followed the 3 most similar windows of the training frames
+    (ball_key, ball_steps: a table kept in the checkpoint), where those are alike. Each paddle's centre is
     the last one plus a residual, its height 7 rows plus a residual (absolute, so it cannot drift);
     presence is a logit; the global code the last one plus a residual; a dream draws the nearest of
     512 codes of training frames (the score band it shows stays a real one).
@@ -220,6 +222,8 @@ class Predictor(nn.Module):
         self.register_buffer("gstd", torch.ones(G))
         self.register_buffer("serves", torch.tensor([[0.0, 0.9, 0.65, 15.0, CENTRE[0], 81.9, 48.0]]))  # (S, 7): SERVE_COLS
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
+        self.register_buffer("step_keys", torch.zeros(0, len(STEP_KEY)))   # (N, 9) ball_key of training windows
+        self.register_buffer("steps", torch.zeros(0, 2))                 # (N, 2) the ball's next step after each
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
         # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
@@ -242,7 +246,9 @@ class Predictor(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("serves", "codes"):   # their lengths depend on the training data
+        for name in ("serves", "codes", "step_keys", "steps"):   # their lengths depend on the training data
+            if prefix + name not in state_dict and name.startswith("step"):   # older checkpoints: no table
+                state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.gmean.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -291,6 +297,16 @@ class Predictor(nn.Module):
         at = (x0 - lo < 0.6) | (hi - x0 < 0.6)
         p = torch.where(p < lo, torch.where(at, 2 * lo - p, lo), torch.where(p > hi, torch.where(at, 2 * hi - p, hi), p))
         ball = torch.where(pres[:, -1:] > 0.5, p, self.centre[:2]) + self.BALL_RES * r[:, :BP]
+        # Near a wall or a paddle, a ball seen in the last three frames takes the step that followed the most similar
+        # training windows (ball_key: its last two steps, how near a wall, a paddle's face and that paddle's centre):
+        # Pong's bounces depend on sub-pixel phase and on where the paddle meets the ball, which the rules above
+        # miss. Not while training: there it would find each window itself, and the search would slow loop 2 ~2x.
+        if len(self.steps) and c.shape[1] >= 3 and not self.training:
+            with torch.no_grad():                                              # an index: nothing to learn through
+                key, seen = ball_key(c[:, -3:])                                # (B, 9), (B,) near a wall or a face
+                dist, j = torch.cdist(key, self.step_keys).topk(STEP_NEIGHBOURS, 1, largest=False)   # (B, k) each
+            known = seen & (dist[:, -1] <= STEP_NEAR)                          # a window like few seen: the rules
+            ball = torch.where(known[:, None], x0 + self.steps[j].median(1).values, ball)
         # The paddles, (player, opponent) at once: centre plus residual, height 7 rows plus residual.
         edges = c[:, -1, PT:NC]                                                # (B, 4) PT, PB, OT, OB
         mid = (edges[:, 0::2] + edges[:, 1::2]) / 2 + self.SCALE * r[:, PT:NC:2]   # (B, 2)
@@ -298,6 +314,43 @@ class Predictor(nn.Module):
         paddles = torch.stack([mid - half, mid + half], -1).flatten(1)         # (B, 4) PT, PB, OT, OB
         nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
         return nxt, g + r[:, NC:-1], torch.stack([turn, face.float()], 1)
+
+
+# What makes two windows' next ball steps alike (ball_key), each term's weight: the last step (x, y), the one
+# before, the distance to the top and bottom walls (up to 8 px), to the opponent's and the player's face (-4..12
+# px), and near a face (x < 22 or > 62) the ball's row from the centre of the paddle it flies to (+-12 rows).
+STEP_KEY = (1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+STEP_NEIGHBOURS = 3                        # the step is the median of this many nearest training windows'
+STEP_NEAR = 3.0                            # ... if all are this near (in the key's units: ~px)
+
+
+def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last three frames' coordinates (..., 3, 7), presence 0/1 -> the ball's key (..., 9), weighted by
+    STEP_KEY, and whether the ball shows in all three (..., )."""
+    x, y, pres = c[..., BX], c[..., BY], c[..., BP]
+    v1x, v1y, v2x, v2y = x[..., 2] - x[..., 1], y[..., 2] - y[..., 1], x[..., 1] - x[..., 0], y[..., 1] - y[..., 0]
+    xl, yl = x[..., 2], y[..., 2]
+    (lo, hi), last = BALL_Y_RANGE, c[..., 2, :]
+    pad = torch.where(v1x > 0, last[..., PT] + last[..., PB], last[..., OT] + last[..., OB]) / 2
+    near = (xl < MIDFIELD[0] + 8) | (xl > MIDFIELD[1] - 6)
+    key = torch.stack([v1x, v1y, v2x, v2y, (yl - lo).clamp(0, 8), (hi - yl).clamp(0, 8), (xl - FACES[0]).clamp(-4, 12),
+                       (FACES[1] - xl).clamp(-4, 12), torch.where(near, (yl - pad).clamp(-12, 12), 0 * yl)], -1)
+    # In open midfield the ball flies on at a snapped speed; past a paddle's face it flies on out (a table of steps
+    # to frames that still show the ball has none that leave).
+    past = ((xl > FACES[1] + 2) & (v1x > 0)) | ((xl < FACES[0] - 2) & (v1x < 0))
+    local = (near | (yl - lo < 8) | (hi - yl < 8)) & ~past
+    return key * key.new_tensor(STEP_KEY), (pres > 0.5).all(-1) & local
+
+
+def ball_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The step table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,) ->
+    ball_key (M, 9) of every window of three frames whose ball shows in them and in the next frame of their
+    episode, and that next step (M, 2)."""
+    t = np.arange(2, len(c) - 1)
+    t = t[(episode[t - 2] == episode[t + 1]) & (c[t + 1, BP] > 0.5)]
+    key, seen = ball_key(torch.from_numpy(c[t[:, None] + np.arange(-2, 1)]))
+    t = t[seen.numpy()]
+    return key[seen].numpy(), c[t + 1, :BP] - c[t, :BP]
 
 
 def snap_speed(v: torch.Tensor, speeds: torch.Tensor, within: float = 0.4) -> torch.Tensor:
@@ -943,12 +996,13 @@ class Latents:
                     fh.write(z.numpy().tobytes())
             self.fds = [os.open(self.files[0], os.O_RDONLY)]
         # Serve inputs episode by episode (an episode's coordinates at a time), and the serves seen.
-        u, serves = [], []
+        u, serves, steps = [], [], []
         for e in data.episode_slices():
             c = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy()
             ue, se = serve_inputs(c, np.asarray(data.episode[e]))
-            u.append(ue), serves.append(se)
+            u.append(ue), serves.append(se), steps.append(ball_steps(c, np.asarray(data.episode[e])))
         self.serves = np.concatenate(serves)
+        self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1224,13 +1278,16 @@ def _beside() -> None:
 
 
 def adopt(p: Predictor, lat: Latents) -> None:
-    """The predictor's statistics of a set's latents: the global code's mean and spread, the serves seen, and
-    512 of its (normalised) global codes, which dreams draw their score band from."""
+    """The predictor's statistics of a set's latents: the global code's mean and spread, the serves seen, the
+    ball's steps seen (ball_steps), and 512 of its (normalised) global codes, which dreams draw their score
+    band from."""
     mean, std = lat.stats()
     p.gmean.copy_(mean)
     p.gstd.copy_(std)
     if len(lat.serves):
         p.serves = torch.from_numpy(lat.serves).to(p.gmean.device)
+    if lat.labels is not None or not len(p.steps):   # the probe's steps, once had, are kept (tune's are noisier)
+        p.step_keys, p.steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.step_keys, lat.steps))
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
 
 
