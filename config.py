@@ -60,7 +60,7 @@ class ModelConfig:
 
 @dataclass
 class AEConfig:
-    steps: int = 400              # optimizer steps of the autoencoder loop
+    steps: int = 500              # optimizer steps of the autoencoder loop
     batch_size: int = 64          # frames per step
     lr: float = 3e-3              # peak learning rate (optim.lr, when set, replaces it)
     schedule: str = "cosine"      # learning-rate schedule: one_cycle | cosine | constant
