@@ -128,7 +128,7 @@ class Autoencoder(nn.Module):
             nn.GroupNorm(8, self.gw), nn.GELU(),
             nn.ConvTranspose2d(self.gw, self.gw, 3, 2, 1, output_padding=(self.rows - 2 * gh + 1, 0)),  # (B, gw, rows, 21)
             nn.GroupNorm(8, self.gw), nn.GELU(), nn.Conv2d(self.gw, 16, 3, 1, 1), nn.PixelShuffle(4))  # (B, 1, 4 rows, 84)
-        # The paint starts at zero: the band starts as the median frame's, not as noise that 400 steps of a loss
+        # The paint starts at zero: the band starts as the median frame's, not as noise that 500 steps of a loss
         # weighted to the objects never wash out (reconstructed digits were grainy, a 2 drawn as an 8).
         nn.init.zeros_(self.decoder[-2].weight)
         nn.init.zeros_(self.decoder[-2].bias)
