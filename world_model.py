@@ -301,12 +301,13 @@ class Predictor(nn.Module):
         # training windows (ball_key: its last two steps, how near a wall, a paddle's face and that paddle's centre):
         # Pong's bounces depend on sub-pixel phase and on where the paddle meets the ball, which the rules above
         # miss. Not while training: there it would find each window itself, and the search would slow loop 2 ~2x.
-        if len(self.steps) and c.shape[1] >= 3 and not self.training:
+        if len(self.steps) >= STEP_NEIGHBOURS and c.shape[1] >= 3 and not self.training:   # (a table of fewer: the rules)
             with torch.no_grad():                                              # an index: nothing to learn through
                 key, seen = ball_key(c[:, -3:])                                # (B, 9), (B,) near a wall or a face
-                dist, j = torch.cdist(key, self.step_keys).topk(STEP_NEIGHBOURS, 1, largest=False)   # (B, k) each
-            known = seen & (dist[:, -1] <= STEP_NEAR)                          # a window like few seen: the rules
-            ball = torch.where(known[:, None], x0 + self.steps[j].median(1).values, ball)
+                rows = seen.nonzero()[:, 0]                                    # (R,) searched: those only
+                dist, j = torch.cdist(key[rows], self.step_keys).topk(STEP_NEIGHBOURS, 1, largest=False)   # (R, k)
+            rows, j = rows[dist[:, -1] <= STEP_NEAR], j[dist[:, -1] <= STEP_NEAR]   # a window like few seen: the rules
+            ball = ball.index_put((rows,), x0[rows] + self.steps[j].median(1).values)
         # The paddles, (player, opponent) at once: centre plus residual, height 7 rows plus residual.
         edges = c[:, -1, PT:NC]                                                # (B, 4) PT, PB, OT, OB
         mid = (edges[:, 0::2] + edges[:, 1::2]) / 2 + self.SCALE * r[:, PT:NC:2]   # (B, 2)
@@ -995,7 +996,7 @@ class Latents:
                     self.sums += torch.stack([z[:, NC:].double().sum(0), z[:, NC:].double().pow(2).sum(0)])
                     fh.write(z.numpy().tobytes())
             self.fds = [os.open(self.files[0], os.O_RDONLY)]
-        # Serve inputs episode by episode (an episode's coordinates at a time), and the serves seen.
+        # Serve inputs episode by episode (an episode's coordinates at a time), the serves and the ball's steps seen.
         u, serves, steps = [], [], []
         for e in data.episode_slices():
             c = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy()

@@ -251,3 +251,4 @@ def test_near_walls_and_paddles_the_ball_takes_the_step_that_followed_the_most_s
     assert local.sum() > 200 and hit["table"] > 0.95 and hit["table"] > hit["rules"] + 0.05, (local.sum(), hit)
     open_field = ~W.ball_key(c[:, -3:])[1].numpy()
     assert torch.equal(known[open_field], rules[open_field])
+    assert torch.equal(ball((keys[:2], steps[:2])), rules)          # fewer rows than neighbours: the rules
