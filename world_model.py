@@ -224,6 +224,8 @@ class Predictor(nn.Module):
         self.register_buffer("codes", torch.zeros(1, G))  # (M, G) normalised global codes of training frames
         self.register_buffer("step_keys", torch.zeros(0, len(STEP_KEY)))   # (N, 9) ball_key of training windows
         self.register_buffer("steps", torch.zeros(0, 2))                 # (N, 2) the ball's next step after each
+        self.register_buffer("gap_keys", torch.zeros(0, 2 * K))          # (M, 2K) gap_key of ball-less training windows
+        self.register_buffer("gap_waits", torch.zeros(0))                # (M,) the frames until the serve after each
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
         # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
@@ -246,8 +248,8 @@ class Predictor(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("serves", "codes", "step_keys", "steps"):   # their lengths depend on the training data
-            if prefix + name not in state_dict and name.startswith("step"):   # older checkpoints: no table
+        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits"):   # lengths: the training data's
+            if prefix + name not in state_dict and name.startswith(("step", "gap")):   # older checkpoints: no table
                 state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.gmean.device))
@@ -352,6 +354,40 @@ def ball_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarr
     key, seen = ball_key(torch.from_numpy(c[t[:, None] + np.arange(-2, 1)]))
     t = t[seen.numpy()]
     return key[seen].numpy(), c[t + 1, :BP] - c[t, :BP]
+
+
+# Between points Pong's opponent climbs ~2.7 rows a frame until it hides above the top wall, and the serve comes 15-16
+# frames after the ball left: where the opponent is in a window's K frames (gap_key) times the serve once the window no
+# longer shows the ball leave. The wait is the median of this many training windows most alike (gap_waits).
+GAP_NEIGHBOURS = 5
+
+
+def gap_key(c: torch.Tensor) -> torch.Tensor:
+    """A window's coordinates (..., K, 7) -> its key (..., 2K): the opponent's centre in each frame (0 while hidden
+    above the top wall) and 20 where it shows."""
+    shown = (c[..., OB] - c[..., OT]) > 1.0
+    return torch.cat([torch.where(shown, (c[..., OT] + c[..., OB]) / 2, 0.0), 20.0 * shown.to(c.dtype)], -1)
+
+
+def gap_waits(c: np.ndarray, episode: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """The wait table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,) -> gap_key
+    (M, 2K) of every window of K frames without a ball that a serve follows in its episode, and the frames from the
+    window's last frame to that serve (M,)."""
+    pres, n = c[:, BP] > 0.5, len(c)
+    wait, nxt = np.zeros(n, np.float32), -1
+    for t in range(n - 2, -1, -1):
+        if episode[t + 1] != episode[t]:
+            nxt = -1
+        elif pres[t + 1] and not pres[t]:
+            nxt = t + 1
+        wait[t] = nxt - t if nxt > t and not pres[t] else 0
+    t = np.arange(K - 1, n - 1)
+    if len(t) == 0:
+        return np.zeros((0, 2 * K), np.float32), np.zeros(0, np.float32)
+    ok = (episode[t - K + 1] == episode[t]) & (wait[t] > 0)
+    ok &= ~np.stack([pres[t - k] for k in range(K)]).any(0)
+    t = t[ok]
+    return gap_key(torch.from_numpy(c[t[:, None] + np.arange(1 - K, 1)])).numpy(), wait[t]
 
 
 def snap_speed(v: torch.Tensor, speeds: torch.Tensor, within: float = 0.4) -> torch.Tensor:
@@ -564,7 +600,8 @@ class WorldModel(nn.Module):
     def start(self, z: torch.Tensor, seed: int = 0) -> Dream:
         """Latent windows (B, K, D) -> a dream from them: hard ball presence, the serve of the rally the window
         shows (the one whose straight path from the centre its ball is on, else one drawn) and, if the ball
-        is out, the frames until the next (from how long the window has shown no ball). A ball served in the
+        is out, the frames until the next (from how long the window has shown no ball; a window that shows none at
+        all: from where the opponent climbs in it, as in the most alike training windows, gap_waits). A ball served in the
         window's last frame keeps the serve seen in training nearest where it appeared (within
         SERVE_MATCH_PX): where Pong's serve first shows tells where it flies (x < 41.5: to the left, y < 46:
         up; every one of ~600 recorded serves). A window in which the ball went out waits for a serve toward
@@ -588,8 +625,16 @@ class WorldModel(nn.Module):
             went = seen.any(1) & (out > 0)
             serve[went] = self.next_serve(serve[went], cc[torch.arange(B), last, BX][went], gen)
         unknown = (r * (serve[:, 3] - K).clamp(min=1)).floor() + 1
+        timed = out < K
+        gk, gw = self.predictor.gap_keys.cpu(), self.predictor.gap_waits.cpu()
+        if len(gw) >= GAP_NEIGHBOURS and gk.shape[1] == 2 * K:                 # (older checkpoints: no table, drawn)
+            # A window without a ball waits as long as the training windows whose opponent climbed most alike did (their
+            # median); where all of them agree, the serve comes then, else the predictor serves when it sees fit.
+            w = gw[torch.cdist(gap_key(cc), gk).topk(GAP_NEIGHBOURS, 1, largest=False)[1]]   # (B, n) their waits
+            unknown = w.median(1).values
+            timed = timed | (w == w[:, :1]).all(1)
         wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
-        return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, (out < K).to(z.device))
+        return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, timed.to(z.device))
 
     def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:
         s = self.predictor.serves
@@ -997,13 +1042,14 @@ class Latents:
                     fh.write(z.numpy().tobytes())
             self.fds = [os.open(self.files[0], os.O_RDONLY)]
         # Serve inputs episode by episode (an episode's coordinates at a time), the serves and the ball's steps seen.
-        u, serves, steps = [], [], []
+        u, serves, steps, gaps = [], [], [], []
         for e in data.episode_slices():
-            c = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy()
-            ue, se = serve_inputs(c, np.asarray(data.episode[e]))
-            u.append(ue), serves.append(se), steps.append(ball_steps(c, np.asarray(data.episode[e])))
+            c, ep = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy(), np.asarray(data.episode[e])
+            ue, se = serve_inputs(c, ep)
+            u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, wm.context))
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
+        self.gap_keys, self.gap_waits = (np.concatenate(x) for x in zip(*gaps))  # the waits for a serve seen
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1289,6 +1335,7 @@ def adopt(p: Predictor, lat: Latents) -> None:
         p.serves = torch.from_numpy(lat.serves).to(p.gmean.device)
     if lat.labels is not None or not len(p.steps):   # the probe's steps, once had, are kept (tune's are noisier)
         p.step_keys, p.steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.step_keys, lat.steps))
+        p.gap_keys, p.gap_waits = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.gap_keys, lat.gap_waits))
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
 
 
