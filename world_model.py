@@ -325,6 +325,7 @@ class Predictor(nn.Module):
 STEP_KEY = (1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
 STEP_NEIGHBOURS = 3                        # the step is the median of this many nearest training windows'
 STEP_NEAR = 3.0                            # ... if all are this near (in the key's units: ~px)
+LEVEL_PX = 0.8                             # Pong's vertical speeds are 0, 1.6, 3.2 px; the encoder's jitter ~0.4
 
 
 def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,7 +342,10 @@ def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # In open midfield the ball flies on at a snapped speed; past a paddle's face it flies on out (a table of steps
     # to frames that still show the ball has none that leave).
     past = ((xl > FACES[1] + 2) & (v1x > 0)) | ((xl < FACES[0] - 2) & (v1x < 0))
-    local = (near | (yl - lo < 8) | (hi - yl < 8)) & ~past
+    # A level flight (both vertical steps under LEVEL_PX) meets no wall: near one it flies on by the rules, as in
+    # midfield (the few recorded level windows near a wall had left it the neighbours' 1.6-px steps, off by 2 px).
+    level = (v1y.abs() < LEVEL_PX) & (v2y.abs() < LEVEL_PX)
+    local = (near | (((yl - lo < 8) | (hi - yl < 8)) & ~level)) & ~past
     return key * key.new_tensor(STEP_KEY), (pres > 0.5).all(-1) & local
 
 

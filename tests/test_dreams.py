@@ -252,6 +252,11 @@ def test_near_walls_and_paddles_the_ball_takes_the_step_that_followed_the_most_s
     open_field = ~W.ball_key(c[:, -3:])[1].numpy()
     assert torch.equal(known[open_field], rules[open_field])
     assert torch.equal(ball((keys[:2], steps[:2])), rules)          # fewer rows than neighbours: the rules
+    # A level flight near the bottom wall (the encoder's y jitters ~0.4 px) is the rules', a sloped one the table's.
+    w = torch.zeros(2, 3, 7)
+    w[:, :, W.BX], w[:, :, W.BP], w[:, :, W.PT:] = torch.tensor([55.8, 53.9, 51.6]), 1.0, torch.tensor([40.0, 47, 40, 47])
+    w[0, :, W.BY], w[1, :, W.BY] = torch.tensor([70.3, 70.5, 70.1]), torch.tensor([67.1, 68.7, 70.3])
+    assert W.ball_key(w)[1].tolist() == [False, True]
 
 
 
