@@ -1330,8 +1330,8 @@ def _beside() -> None:
 
 def adopt(p: Predictor, lat: Latents) -> None:
     """The predictor's statistics of a set's latents: the global code's mean and spread, the serves seen, the
-    ball's steps seen (ball_steps), and 512 of its (normalised) global codes, which dreams draw their score
-    band from."""
+    ball's steps seen (ball_steps) and the waits for a serve (gap_waits), and 512 of its (normalised) global codes,
+    which dreams draw their score band from."""
     mean, std = lat.stats()
     p.gmean.copy_(mean)
     p.gstd.copy_(std)
