@@ -633,10 +633,13 @@ class WorldModel(nn.Module):
         gk, gw = self.predictor.gap_keys.cpu(), self.predictor.gap_waits.cpu()
         if len(gw) >= GAP_NEIGHBOURS and gk.shape[1] == 2 * K:                 # (older checkpoints: no table, drawn)
             # A window without a ball waits as long as the training windows whose opponent climbed most alike did (their
-            # median); where all of them agree, the serve comes then, else the predictor serves when it sees fit.
-            w = gw[torch.cdist(gap_key(cc), gk).topk(GAP_NEIGHBOURS, 1, largest=False)[1]]   # (B, n) their waits
-            unknown = w.median(1).values
-            timed = timed | (w == w[:, :1]).all(1)
+            # median); where all of them agree, the serve comes then, else the predictor serves when it sees fit. Those
+            # as near as the 5th nearest count too (an opponent hidden in every frame: all such windows, not 5 of them).
+            dist = torch.cdist(gap_key(cc), gk)                                # (B, M)
+            near = dist <= dist.topk(GAP_NEIGHBOURS, 1, largest=False)[0][:, -1:] + 1e-3
+            w = torch.where(near, gw, math.nan)                                # (B, M) their waits, NaN for the rest
+            unknown = w.nanmedian(1).values
+            timed = timed | (torch.where(near, gw, math.inf).amin(1) == torch.where(near, gw, -math.inf).amax(1))
         wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
         return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, timed.to(z.device))
 
