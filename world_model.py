@@ -373,19 +373,13 @@ def gap_key(c: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.where(shown, (c[..., OT] + c[..., OB]) / 2, 0.0), 20.0 * shown.to(c.dtype)], -1)
 
 
-def gap_waits(c: np.ndarray, episode: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """The wait table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,) -> gap_key
-    (M, 2K) of every window of K frames without a ball that a serve follows in its episode, and the frames from the
-    window's last frame to that serve (M,)."""
-    pres, n = c[:, BP] > 0.5, len(c)
-    wait, nxt = np.zeros(n, np.float32), -1
-    for t in range(n - 2, -1, -1):
-        if episode[t + 1] != episode[t]:
-            nxt = -1
-        elif pres[t + 1] and not pres[t]:
-            nxt = t + 1
-        wait[t] = nxt - t if nxt > t and not pres[t] else 0
-    t = np.arange(K - 1, n - 1)
+def gap_waits(c: np.ndarray, episode: np.ndarray, u: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """The wait table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,), their serve
+    inputs u (N, 4) (serve_inputs: u[:, 3] is the frames until the ball next shows / 16) -> gap_key (M, 2K) of every
+    window of K frames without a ball that a serve follows in its episode, and the frames from the window's last frame
+    to that serve (M,)."""
+    pres, wait = c[:, BP] > 0.5, u[:, 3] * 16                                # / 16 and * 16: exact
+    t = np.arange(K - 1, len(c) - 1)
     if len(t) == 0:
         return np.zeros((0, 2 * K), np.float32), np.zeros(0, np.float32)
     ok = (episode[t - K + 1] == episode[t]) & (wait[t] > 0)
@@ -1053,7 +1047,7 @@ class Latents:
         for e in data.episode_slices():
             c, ep = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy(), np.asarray(data.episode[e])
             ue, se = serve_inputs(c, ep)
-            u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, wm.context))
+            u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, ue, wm.context))
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
         self.gap_keys, self.gap_waits = (np.concatenate(x) for x in zip(*gaps))  # the waits for a serve seen

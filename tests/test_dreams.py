@@ -278,7 +278,7 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
                     ends.append(i), waits.append(j - i)
         return lab, ep, np.array(ends), np.array(waits)
     lab, ep, _, real_waits = ballless(record("Pong", steps=3000, seed=5, policy="random"))
-    keys, waits = W.gap_waits(lab, ep, 4)
+    keys, waits = W.gap_waits(lab, ep, W.serve_inputs(lab, ep)[0], 4)
     assert len(keys) == len(real_waits) > 300 and np.array_equal(waits, real_waits)   # every such window, its wait
     olab, _, ends, real = ballless(record("Pong", steps=1500, seed=6, policy="random"))
     wm = W.WorldModel(W.make_config([*W.SMALL_BUDGET]), 6)
