@@ -226,6 +226,7 @@ class Predictor(nn.Module):
         self.register_buffer("steps", torch.zeros(0, 2))                 # (N, 2) the ball's next step after each
         self.register_buffer("gap_keys", torch.zeros(0, 2 * K))          # (M, 2K) gap_key of ball-less training windows
         self.register_buffer("gap_waits", torch.zeros(0))                # (M,) the frames until the serve after each
+        self.register_buffer("gap_serves", torch.zeros(0, 4))            # (M, 4) that serve's first x, y and step
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
         # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
@@ -248,7 +249,7 @@ class Predictor(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits"):   # lengths: the training data's
+        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits", "gap_serves"):   # lengths: the training data's
             if prefix + name not in state_dict and name.startswith(("step", "gap")):   # older checkpoints: no table
                 state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
@@ -373,19 +374,23 @@ def gap_key(c: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.where(shown, (c[..., OT] + c[..., OB]) / 2, 0.0), 20.0 * shown.to(c.dtype)], -1)
 
 
-def gap_waits(c: np.ndarray, episode: np.ndarray, u: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+def gap_waits(c: np.ndarray, episode: np.ndarray, u: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The wait table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,), their serve
     inputs u (N, 4) (serve_inputs: u[:, 3] is the frames until the ball next shows / 16) -> gap_key (M, 2K) of every
-    window of K frames without a ball that a serve follows in its episode, and the frames from the window's last frame
-    to that serve (M,)."""
+    window of K frames without a ball that a serve follows in its episode, the frames from the window's last frame
+    to that serve (M,), and that serve: its first x, y and its first step (M, 4) (0 where the episode ends first)."""
     pres, wait = c[:, BP] > 0.5, u[:, 3] * 16                                # / 16 and * 16: exact
     t = np.arange(K - 1, len(c) - 1)
     if len(t) == 0:
-        return np.zeros((0, 2 * K), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, 2 * K), np.float32), np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
     ok = (episode[t - K + 1] == episode[t]) & (wait[t] > 0)
     ok &= ~np.stack([pres[t - k] for k in range(K)]).any(0)
     t = t[ok]
-    return gap_key(torch.from_numpy(c[t[:, None] + np.arange(1 - K, 1)])).numpy(), wait[t]
+    at = t + wait[t].astype(np.int64)                                        # the serve's first frame
+    nxt = np.minimum(at + 1, len(c) - 1)
+    step = np.where(((episode[nxt] == episode[at]) & pres[nxt])[:, None], c[nxt, :BP] - c[at, :BP], 0.0)
+    serve = np.concatenate([c[at, :BP], step], 1).astype(np.float32)
+    return gap_key(torch.from_numpy(c[t[:, None] + np.arange(1 - K, 1)])).numpy(), wait[t], serve
 
 
 def snap_speed(v: torch.Tensor, speeds: torch.Tensor, within: float = 0.4) -> torch.Tensor:
@@ -447,6 +452,24 @@ def held(nxt: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Ten
     old, new = c[:, -1, PT:PB + 1], nxt[:, PT:PB + 1]                       # (B, 2) top and bottom edges
     new = torch.where(up, torch.minimum(new, old), torch.where(down, torch.maximum(new, old), new))
     return torch.cat([nxt[:, :PT], new, nxt[:, PB + 1:]], 1)
+
+
+def still_in_play(c: torch.Tensor) -> torch.Tensor:
+    """A window's coordinates (B, K, 7), hard presence -> the same with a ball the encoder lost put back where it
+    says, where that is one of Pong's steps (<= 4.2 px across, 3.2 down, + 1) from the frame before: Pong's ball
+    leaves the screen only past a paddle (BALL_X_RANGE), so a ball seen the frame before with room for such a step
+    is still there. The encoder loses a dim ball (half behind a wall or beside a paddle) where its coordinates still
+    find it; a window whose last frame lost it had the dream serve anew. (A ball wholly behind the top wall: the
+    coordinates find nothing there, it stays lost, and the predictor brings it back.)"""
+    c = c.clone()
+    vmax = [max(v) + 1.0 for v in BALL_SPEEDS]
+    lo, hi = BALL_X_RANGE[0] + max(BALL_SPEEDS[0]), BALL_X_RANGE[1] - max(BALL_SPEEDS[0])
+    for k in range(1, c.shape[1]):
+        x, step = c[:, k - 1, BX], (c[:, k, :BP] - c[:, k - 1, :BP]).abs()
+        near = (step[:, 0] <= vmax[0]) & (step[:, 1] <= vmax[1])
+        back = (c[:, k - 1, BP] > 0.5) & (c[:, k, BP] < 0.5) & (x > lo) & (x < hi) & near
+        c[:, k, BP] = torch.where(back, 1.0, c[:, k, BP])
+    return c
 
 
 def just_served(pres: torch.Tensor) -> torch.Tensor:
@@ -599,12 +622,13 @@ class WorldModel(nn.Module):
         """Latent windows (B, K, D) -> a dream from them: hard ball presence, the serve of the rally the window
         shows (the one whose straight path from the centre its ball is on, else one drawn) and, if the ball
         is out, the frames until the next (from how long the window has shown no ball; a window that shows none at
-        all: from where the opponent climbs in it, as in the most alike training windows, gap_waits). A ball served in the
+        all: from where the opponent climbs in it, as in the most alike training windows, gap_waits, which also tell the
+        serve: the one most of those windows saw, a serve drawn where the table has none). A ball served in the
         window's last frame keeps the serve seen in training nearest where it appeared (within
         SERVE_MATCH_PX): where Pong's serve first shows tells where it flies (x < 41.5: to the left, y < 46:
         up; every one of ~600 recorded serves). A window in which the ball went out waits for a serve toward
         the side that lost the point (next_serve)."""
-        (B, K), c, g = z.shape[:2], latent_table(self, z)[0], latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
+        (B, K), c, g = z.shape[:2], still_in_play(latent_table(self, z)[0]), latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
         gen = torch.Generator().manual_seed(seed)
         serve = self._serves(B, gen)
         r = torch.rand(B, generator=gen)                                       # where in an unseen gap the window is
@@ -633,6 +657,13 @@ class WorldModel(nn.Module):
             near = dist <= dist.topk(GAP_NEIGHBOURS, 1, largest=False)[0][:, -1:] + 1e-3
             w = torch.where(near, gw, math.nan)                                # (B, M) their waits, NaN for the rest
             unknown = w.nanmedian(1).values
+            gs = self.predictor.gap_serves.cpu()
+            if len(gs) == len(gw) and s.shape[1] > 4:                          # (older checkpoints: the serve drawn)
+                # ... and serves as most of them did: Pong serves again as it did in the last rally when the same side
+                # loses it, and where the opponent climbs from shows where that rally ended.
+                row = torch.cdist(gs, torch.cat([serve_origin(s), 2 * s[:, 1:3]], 1)).argmin(1)   # (M,) its serve's row
+                votes = near.float() @ F.one_hot(row, len(s)).float()          # (B, S)
+                serve = torch.where((out >= K)[:, None], s[votes.argmax(1)], serve)
             timed = timed | (torch.where(near, gw, math.inf).amin(1) == torch.where(near, gw, -math.inf).amax(1))
         wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
         return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, timed.to(z.device))
@@ -1050,7 +1081,7 @@ class Latents:
             u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, ue, wm.context))
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
-        self.gap_keys, self.gap_waits = (np.concatenate(x) for x in zip(*gaps))  # the waits for a serve seen
+        self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1336,7 +1367,8 @@ def adopt(p: Predictor, lat: Latents) -> None:
         p.serves = torch.from_numpy(lat.serves).to(p.gmean.device)
     if lat.labels is not None or not len(p.steps):   # the probe's steps, once had, are kept (tune's are noisier)
         p.step_keys, p.steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.step_keys, lat.steps))
-        p.gap_keys, p.gap_waits = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.gap_keys, lat.gap_waits))
+        p.gap_keys, p.gap_waits, p.gap_serves = (torch.from_numpy(x).to(p.gmean.device)
+                                                 for x in (lat.gap_keys, lat.gap_waits, lat.gap_serves))
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
 
 

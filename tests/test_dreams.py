@@ -116,8 +116,8 @@ def test_the_next_point_is_served_as_the_rally_was_when_the_same_side_loses_it()
     z[0, :, W.BX], z[0, :, W.BY] = 42.8 + 2.1 * t, 44.5 - 1.6 * t          # on the right serve's path
     z[1, :, W.BX], z[1, :, W.BY] = 40.2 - 2.1 * t, 47.0 + 1.6 * t          # on the left one's
     z[2, :, W.BX], z[2, :, W.BY] = 42.8 + 2.1 * t, 34.5 - 1.6 * t          # right's speed, 10 rows off its path
-    z[3, :, W.BX], z[3, :, W.BY] = 70.0 + 0.2 * t, 30.0 - 1.6 * t          # going right, no serve's speed
-    z[3, -2:, W.BP] = -5.0                                                # ... and out for two frames
+    z[3, :, W.BX], z[3, :, W.BY] = 79.0 + 0.2 * t, 30.0 - 1.6 * t          # going right, no serve's speed
+    z[3, -2:, W.BP] = -5.0                                                # ... and out past the paddle for two frames
     dreams = [wm.start(z, seed=s) for s in range(40)]
     assert all(torch.equal(d.serve[0], torch.tensor(right)) and torch.equal(d.serve[1], torch.tensor(left))
                for d in dreams)
@@ -264,28 +264,32 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
     """A window that shows no ball cannot count the frames since the point; Pong's opponent climbs at a steady pace
     between points, and a dream reads the wait off it (gap_waits). Given the wait table of one recording, dreams
     started from another recording's ball-less windows wait for the serve exactly as long as the real game did far
-    more often than a uniform draw, and where the table's neighbours agree (the dream is then timed) mostly."""
+    more often than a uniform draw, and where the table's neighbours agree (the dream is then timed) mostly; and they
+    serve where the real game served far more often than a serve drawn from those seen."""
     def ballless(data):
         """The probe's coordinates (N, 7); ends of 4-frame windows without a ball that a serve follows; the wait."""
         lab, ep = W.object_labels(probe(data.frames)), np.asarray(data.episode)
-        ends, waits = [], []
+        ends, waits, at = [], [], []
         for i in range(3, len(lab) - 1):
             if ep[i - 3] == ep[i] and not lab[i - 3:i + 1, W.BP].any():
                 j = i + 1
                 while j < len(lab) and ep[j] == ep[i] and not lab[j, W.BP]:
                     j += 1
                 if j < len(lab) and ep[j] == ep[i]:
-                    ends.append(i), waits.append(j - i)
-        return lab, ep, np.array(ends), np.array(waits)
-    lab, ep, _, real_waits = ballless(record("Pong", steps=3000, seed=5, policy="random"))
-    keys, waits = W.gap_waits(lab, ep, W.serve_inputs(lab, ep)[0], 4)
+                    ends.append(i), waits.append(j - i), at.append(lab[j, :2])
+        return lab, ep, np.array(ends), np.array(waits), np.array(at)
+    lab, ep, _, real_waits, real_at = ballless(record("Pong", steps=3000, seed=5, policy="random"))
+    keys, waits, serves = W.gap_waits(lab, ep, W.serve_inputs(lab, ep)[0], 4)
     assert len(keys) == len(real_waits) > 300 and np.array_equal(waits, real_waits)   # every such window, its wait
-    olab, _, ends, real = ballless(record("Pong", steps=1500, seed=6, policy="random"))
+    assert np.array_equal(serves[:, :2], real_at)                                # and where that serve showed
+    olab, _, ends, real, oat = ballless(record("Pong", steps=1500, seed=6, policy="random"))
     wm = W.WorldModel(W.make_config([*W.SMALL_BUDGET]), 6)
     c = torch.from_numpy(olab[ends[:, None] + np.arange(-3, 1)])                  # (B, 4, 7)
     z = torch.cat([c, torch.zeros(*c.shape[:2], wm.cfg.model.latent_dim - W.NC)], -1)
+    wm.predictor.serves = torch.from_numpy(W.serve_inputs(lab, ep)[1])           # the serves that recording saw
     drawn = wm.start(z)
     wm.predictor.gap_keys, wm.predictor.gap_waits = torch.from_numpy(keys), torch.from_numpy(waits)
+    wm.predictor.gap_serves = torch.from_numpy(serves)
     table = wm.start(z)
     hit = {k: (d.wait.numpy() == real).mean() for k, d in (("drawn", drawn), ("table", table))}
     timed = table.timed.numpy()
@@ -293,3 +297,31 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
     assert len(ends) > 100 and hit["table"] > 0.3 and hit["table"] > hit["drawn"] + 0.2, hit
     assert timed.mean() > 0.15 and (table.wait.numpy()[timed] == real[timed]).mean() > 0.7, (timed.mean(), hit)
     assert not drawn.timed.any()                                                 # without the table: drawn, as before
+    near = {k: (np.hypot(*(W.serve_origin(d.serve).numpy() - oat).T) <= 2).mean() for k, d in (("drawn", drawn), ("table", table))}
+    # Measured: 93 % of them within 2 px of where the real serve showed (drawn: 68 %).
+    assert near["table"] > 0.85 and near["table"] > near["drawn"] + 0.15, near
+
+
+
+def test_a_ball_the_encoder_loses_in_play_is_put_back_and_one_that_went_out_is_not():
+    """Pong's ball leaves only past a paddle: a window whose ball vanishes where a step cannot take it out has lost it
+    in the encoder (a dim ball at a wall or a paddle), and a dream starts with it where the coordinates say; a ball
+    that went out (no ball for the next 8 frames: a point), or coordinates that are no step from the last, stay lost."""
+    lab = W.object_labels(probe(record("Pong", steps=600, seed=3, policy="random").frames))
+    n = len(lab) - 12
+    win = torch.from_numpy(lab[np.arange(n)[:, None] + np.arange(4)])      # (B, 4, 7)
+    pres = lab[:, W.BP] > 0.5
+    point = np.array([pres[i + 2] and not pres[i + 3:i + 12].any() for i in range(n)])
+    inplay = ((win[:, :, W.BP] > 0.5).all(1) & (win[:, 2, W.BX] > 8) & (win[:, 2, W.BX] < 76)).numpy()   # not at an exit
+    assert inplay.sum() > 100 and point.sum() >= 2
+    lost = win.clone()
+    lost[:, 3, W.BP] = 0.0                                                  # the encoder loses the last frame's ball
+    on = win[:, 2, :W.BP] + (win[:, 2, :W.BP] - win[:, 1, :W.BP])           # coordinates a step on (where it went out)
+    lost[point, 3, :W.BP] = on[point]
+    back = (W.still_in_play(lost)[:, 3, W.BP] > 0.5).numpy()
+    assert back[inplay].all()                                               # in play: put back
+    assert not back[point].any()                                            # gone past a paddle: not
+    far = lost.clone()
+    far[:, 3, W.BY] = far[:, 2, W.BY] - 8.0                                 # no step of Pong's from the last
+    assert not (W.still_in_play(far)[:, 3, W.BP] > 0.5).any()
+    assert torch.equal(W.still_in_play(win[inplay]), win[inplay])          # a ball seen throughout: untouched
