@@ -202,7 +202,9 @@ class Predictor(nn.Module):
     recorded turns, so a dream picks one instead of hedging between the two. Outside training, near a wall or
     a paddle the ball instead takes the step that followed the 3 most similar windows of the training frames
     (ball_key, ball_steps: a table kept in the checkpoint), where those are alike. Each paddle's centre is
-    the last one plus a residual, its height 7 rows plus a residual (absolute, so it cannot drift);
+    the last one plus a residual, its height 7 rows plus a residual (absolute, so it cannot drift); outside
+    training the opponent's edges instead take the step that followed the 3 most similar training windows
+    (opp_key, opp_steps: Pong's opponent is the game's program, and it climbs and hides between points);
     presence is a logit; the global code the last one plus a residual; a dream draws the nearest of
     512 codes of training frames (the score band it shows stays a real one).
 
@@ -227,6 +229,8 @@ class Predictor(nn.Module):
         self.register_buffer("gap_keys", torch.zeros(0, 2 * K))          # (M, 2K) gap_key of ball-less training windows
         self.register_buffer("gap_waits", torch.zeros(0))                # (M,) the frames until the serve after each
         self.register_buffer("gap_serves", torch.zeros(0, 4))            # (M, 4) that serve's first x, y and step
+        self.register_buffer("opp_keys", torch.zeros(0, len(OPP_KEY)))   # (N, 8) opp_key of training windows
+        self.register_buffer("opp_steps", torch.zeros(0, 2))             # (N, 2) the opponent's edges' next step after each
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
         # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
@@ -249,8 +253,8 @@ class Predictor(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits", "gap_serves"):   # lengths: the training data's
-            if prefix + name not in state_dict and name.startswith(("step", "gap")):   # older checkpoints: no table
+        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits", "gap_serves", "opp_keys", "opp_steps"):   # lengths: the training data's
+            if prefix + name not in state_dict and name.startswith(("step", "gap", "opp")):   # older checkpoints: no table
                 state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.gmean.device))
@@ -316,6 +320,16 @@ class Predictor(nn.Module):
         mid = (edges[:, 0::2] + edges[:, 1::2]) / 2 + self.SCALE * r[:, PT:NC:2]   # (B, 2)
         half = (7.0 + self.SCALE * r[:, PB:NC:2]) / 2
         paddles = torch.stack([mid - half, mid + half], -1).flatten(1)         # (B, 4) PT, PB, OT, OB
+        # Pong's opponent is the game's own program: where it goes next is where it went from the most similar training
+        # windows (opp_key: its last three steps, the ball's row from it and its vertical step, where it is and how much
+        # of it shows), a table like the ball's, outside training only.
+        if len(self.opp_steps) >= OPP_NEIGHBOURS and c.shape[1] >= 4 and not self.training:
+            with torch.no_grad():
+                key = opp_key(c[:, -4:])                                       # (B, 8)
+                j = torch.cat([torch.cdist(k, self.opp_keys).topk(OPP_NEIGHBOURS, 1, largest=False)[1]
+                               for k in key.split(1024)])                      # (B, k) in chunks: B x N distances
+                opp = c[:, -1, OT:OB + 1] + self.opp_steps[j].median(1).values  # (B, 2)
+            paddles = torch.cat([paddles[:, :2], opp], 1)
         nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
         return nxt, g + r[:, NC:-1], torch.stack([turn, face.float()], 1)
 
@@ -359,6 +373,35 @@ def ball_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarr
     key, seen = ball_key(torch.from_numpy(c[t[:, None] + np.arange(-2, 1)]))
     t = t[seen.numpy()]
     return key[seen].numpy(), c[t + 1, :BP] - c[t, :BP]
+
+
+# What makes two windows' next opponent steps alike (opp_key), each term's weight: its centre's last three steps, the
+# ball's presence, its row from the opponent's centre and its last vertical step, the opponent's centre and its rows.
+OPP_KEY = (1.0, 1.0, 1.0, 10.0, 0.5, 1.0, 0.2, 1.0)
+OPP_NEIGHBOURS = 3
+OPP_JUMP = 5.0                             # it moves <= 3 rows a step but where a serve puts it (any jump alike)
+
+
+def opp_key(c: torch.Tensor) -> torch.Tensor:
+    """The last four frames' coordinates (..., 4, 7), presence 0/1 -> the opponent's key (..., 8), weighted by OPP_KEY.
+    A hidden opponent (both edges at the top wall) has rows 0."""
+    oc = (c[..., OT] + c[..., OB]) / 2                                         # (..., 4) its centres
+    v = (oc[..., 1:] - oc[..., :-1]).clamp(-OPP_JUMP, OPP_JUMP)                # (..., 3) its steps; a jump: any
+    last, prev = c[..., -1, :], c[..., -2, :]
+    bp = last[..., BP]
+    dy = torch.where(bp > 0.5, last[..., BY] - oc[..., -1], 0 * bp)
+    vy = torch.where((bp > 0.5) & (prev[..., BP] > 0.5), last[..., BY] - prev[..., BY], 0 * bp)
+    key = torch.stack([v[..., 2], v[..., 1], v[..., 0], bp, dy, vy, oc[..., -1], last[..., OB] - last[..., OT]], -1)
+    return key * key.new_tensor(OPP_KEY)
+
+
+def opp_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The opponent's table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,) ->
+    opp_key (M, 8) of every window of four frames with a next frame in its episode that is no serve (there the opponent
+    jumps to where the serve puts it: WorldModel.dream_step), and the step of its top and bottom edges into it (M, 2)."""
+    t = np.arange(3, len(c) - 1)
+    t = t[(episode[t - 3] == episode[t + 1]) & ~((c[t, BP] < 0.5) & (c[t + 1, BP] > 0.5))]
+    return opp_key(torch.from_numpy(c[t[:, None] + np.arange(-3, 1)])).numpy(), c[t + 1, OT:OB + 1] - c[t, OT:OB + 1]
 
 
 # Between points Pong's opponent climbs ~2.7 rows a frame until it hides above the top wall, and the serve comes 15-16
@@ -1074,14 +1117,16 @@ class Latents:
                     fh.write(z.numpy().tobytes())
             self.fds = [os.open(self.files[0], os.O_RDONLY)]
         # Serve inputs episode by episode (an episode's coordinates at a time), the serves and the ball's steps seen.
-        u, serves, steps, gaps = [], [], [], []
+        u, serves, steps, gaps, opps = [], [], [], [], []
         for e in data.episode_slices():
             c, ep = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy(), np.asarray(data.episode[e])
             ue, se = serve_inputs(c, ep)
             u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, ue, wm.context))
+            opps.append(opp_steps(c, ep))
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
         self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
+        self.opp_keys, self.opp_steps = (np.concatenate(x) for x in zip(*opps))  # the opponent's steps seen
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1369,6 +1414,7 @@ def adopt(p: Predictor, lat: Latents) -> None:
         p.step_keys, p.steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.step_keys, lat.steps))
         p.gap_keys, p.gap_waits, p.gap_serves = (torch.from_numpy(x).to(p.gmean.device)
                                                  for x in (lat.gap_keys, lat.gap_waits, lat.gap_serves))
+        p.opp_keys, p.opp_steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.opp_keys, lat.opp_steps))
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
 
 

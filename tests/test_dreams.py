@@ -325,3 +325,38 @@ def test_a_ball_the_encoder_loses_in_play_is_put_back_and_one_that_went_out_is_n
     far[:, 3, W.BY] = far[:, 2, W.BY] - 8.0                                 # no step of Pong's from the last
     assert not (W.still_in_play(far)[:, 3, W.BP] > 0.5).any()
     assert torch.equal(W.still_in_play(win[inplay]), win[inplay])          # a ball seen throughout: untouched
+
+
+def test_the_opponent_goes_where_it_went_from_the_most_similar_recorded_windows():
+    """Pong's opponent is the game's own program: given the table of one recording's windows (opp_steps: the
+    opponent's last steps, the ball's row from it, how much of it shows), the predictor moves the opponent of another
+    recording's windows to within a pixel of where the real game did far more often than without it, through points,
+    pauses and its hiding above the top wall alike."""
+    def windows(seed):
+        data = record("Pong", steps=1200, seed=seed, policy="random")
+        lab, ep = W.object_labels(probe(data.frames)), np.asarray(data.episode)
+        return lab, ep, np.asarray(data.actions)
+    lab, ep, _ = windows(5)
+    keys, steps = W.opp_steps(lab, ep)
+    assert len(keys) > 1000 and keys.shape[1] == len(W.OPP_KEY) and np.isfinite(steps).all()
+    olab, oep, acts = windows(6)
+    t = np.arange(3, len(olab) - 1)
+    t = t[(oep[t - 3] == oep[t + 1]) & ~((olab[t, W.BP] < 0.5) & (olab[t + 1, W.BP] > 0.5))]   # no serve next
+    c = torch.from_numpy(olab[t[:, None] + np.arange(-3, 1)])                   # (B, 4, 7)
+    wm = W.WorldModel(W.make_config([*W.SMALL_BUDGET]), 6).eval()             # untrained: paddles stay
+    G = wm.cfg.model.latent_dim - W.NC
+    a = torch.from_numpy(acts[t[:, None] + np.arange(-3, 1)])
+    u = torch.zeros(len(t), 4)
+
+    def kept():
+        with torch.no_grad():
+            nxt = wm.predictor(c, torch.zeros(len(t), G), a, u)[0]
+        real, pred = olab[t + 1], nxt.numpy()
+        shown, said = real[:, W.OB] - real[:, W.OT] > 1, pred[:, W.OB] - pred[:, W.OT] > 1
+        centre = lambda x: (x[:, W.OT] + x[:, W.OB]) / 2                        # noqa: E731
+        return np.where(shown, said & (np.abs(centre(pred) - centre(real)) <= 1), ~said).mean()
+    before = kept()
+    wm.predictor.opp_keys, wm.predictor.opp_steps = torch.from_numpy(keys), torch.from_numpy(steps)
+    after = kept()
+    # Measured: 94 % of 1,171 windows (paddles that stay where they were: 8 %).
+    assert after > 0.88 and after > before + 0.5, (before, after)
