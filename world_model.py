@@ -231,6 +231,7 @@ class Predictor(nn.Module):
         self.register_buffer("gap_serves", torch.zeros(0, 4))            # (M, 4) that serve's first x, y and step
         self.register_buffer("opp_keys", torch.zeros(0, len(OPP_KEY)))   # (N, 8) opp_key of training windows
         self.register_buffer("opp_steps", torch.zeros(0, 2))             # (N, 2) the opponent's edges' next step after each
+        self.register_buffer("opp_counts", torch.zeros(0))               # (N,) how many training windows had that row
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
         # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
@@ -253,7 +254,8 @@ class Predictor(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits", "gap_serves", "opp_keys", "opp_steps"):   # lengths: the training data's
+        for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits", "gap_serves", "opp_keys", "opp_steps",
+                     "opp_counts"):   # lengths: the training data's
             if prefix + name not in state_dict and name.startswith(("step", "gap", "opp")):   # older checkpoints: no table
                 state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
@@ -328,6 +330,11 @@ class Predictor(nn.Module):
                 key = opp_key(c[:, -4:])                                       # (B, 8)
                 j = torch.cat([torch.cdist(k, self.opp_keys).topk(OPP_NEIGHBOURS, 1, largest=False)[1]
                                for k in key.split(1024)])                      # (B, k) in chunks: B x N distances
+                # The table holds each distinct row once, with its count (random play repeats its points): the k
+                # nearest windows are the nearest rows, each as many times as it was seen.
+                n = self.opp_counts[j] if len(self.opp_counts) == len(self.opp_steps) else torch.ones_like(j, dtype=c.dtype)
+                at = torch.arange(OPP_NEIGHBOURS, device=c.device)
+                j = j.gather(1, (n.cumsum(1)[:, None, :] <= at[None, :, None]).sum(-1))   # (B, k) with repeats
                 opp = c[:, -1, OT:OB + 1] + self.opp_steps[j].median(1).values  # (B, 2)
             paddles = torch.cat([paddles[:, :2], opp], 1)
         nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
@@ -1126,7 +1133,8 @@ class Latents:
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
         self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
-        self.opp_keys, self.opp_steps = (np.concatenate(x) for x in zip(*opps))  # the opponent's steps seen
+        rows, n = np.unique(np.concatenate([np.concatenate(x) for x in zip(*opps)], 1), axis=0, return_counts=True)
+        self.opp_keys, self.opp_steps, self.opp_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)   # seen
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1414,7 +1422,8 @@ def adopt(p: Predictor, lat: Latents) -> None:
         p.step_keys, p.steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.step_keys, lat.steps))
         p.gap_keys, p.gap_waits, p.gap_serves = (torch.from_numpy(x).to(p.gmean.device)
                                                  for x in (lat.gap_keys, lat.gap_waits, lat.gap_serves))
-        p.opp_keys, p.opp_steps = (torch.from_numpy(x).to(p.gmean.device) for x in (lat.opp_keys, lat.opp_steps))
+        p.opp_keys, p.opp_steps, p.opp_counts = (torch.from_numpy(np.ascontiguousarray(x)).to(p.gmean.device)
+                                                 for x in (lat.opp_keys, lat.opp_steps, lat.opp_counts))
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
 
 
