@@ -678,7 +678,8 @@ class WorldModel(nn.Module):
         SERVE_MATCH_PX): where Pong's serve first shows tells where it flies (x < 41.5: to the left, y < 46:
         up; every one of ~600 recorded serves). A window in which the ball went out waits for a serve toward
         the side that lost the point (next_serve)."""
-        (B, K), c, g = z.shape[:2], still_in_play(latent_table(self, z)[0]), latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
+        B, K = z.shape[:2]
+        c, g = still_in_play(latent_table(self, z)[0]), latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
         gen = torch.Generator().manual_seed(seed)
         serve = self._serves(B, gen)
         r = torch.rand(B, generator=gen)                                       # where in an unseen gap the window is
@@ -1123,7 +1124,8 @@ class Latents:
                     self.sums += torch.stack([z[:, NC:].double().sum(0), z[:, NC:].double().pow(2).sum(0)])
                     fh.write(z.numpy().tobytes())
             self.fds = [os.open(self.files[0], os.O_RDONLY)]
-        # Serve inputs episode by episode (an episode's coordinates at a time), the serves and the ball's steps seen.
+        # Serve inputs episode by episode (an episode's coordinates at a time), the serves, the ball's and the opponent's
+        # steps seen.
         u, serves, steps, gaps, opps = [], [], [], [], []
         for e in data.episode_slices():
             c, ep = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy(), np.asarray(data.episode[e])
@@ -1411,8 +1413,9 @@ def _beside() -> None:
 
 def adopt(p: Predictor, lat: Latents) -> None:
     """The predictor's statistics of a set's latents: the global code's mean and spread, the serves seen, the
-    ball's steps seen (ball_steps) and the waits for a serve (gap_waits), and 512 of its (normalised) global codes,
-    which dreams draw their score band from."""
+    ball's steps seen (ball_steps), the waits for a serve and the serves after them (gap_waits), the opponent's steps
+    (opp_steps, each distinct row once with its count), and 512 of its (normalised) global codes, which dreams draw
+    their score band from."""
     mean, std = lat.stats()
     p.gmean.copy_(mean)
     p.gstd.copy_(std)
