@@ -279,14 +279,15 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
                     ends.append(i), waits.append(j - i), at.append(lab[j, :2])
         return lab, ep, np.array(ends), np.array(waits), np.array(at)
     lab, ep, _, real_waits, real_at = ballless(record("Pong", steps=3000, seed=5, policy="random"))
-    keys, waits, serves = W.gap_waits(lab, ep, W.serve_inputs(lab, ep)[0], 4)
+    u, seen = W.serve_inputs(lab, ep)                                            # its serve inputs, the serves seen
+    keys, waits, serves = W.gap_waits(lab, ep, u, 4)
     assert len(keys) == len(real_waits) > 300 and np.array_equal(waits, real_waits)   # every such window, its wait
     assert np.array_equal(serves[:, :2], real_at)                                # and where that serve showed
     olab, _, ends, real, oat = ballless(record("Pong", steps=1500, seed=6, policy="random"))
     wm = W.WorldModel(W.make_config([*W.SMALL_BUDGET]), 6)
     c = torch.from_numpy(olab[ends[:, None] + np.arange(-3, 1)])                  # (B, 4, 7)
     z = torch.cat([c, torch.zeros(*c.shape[:2], wm.cfg.model.latent_dim - W.NC)], -1)
-    wm.predictor.serves = torch.from_numpy(W.serve_inputs(lab, ep)[1])           # the serves that recording saw
+    wm.predictor.serves = torch.from_numpy(seen)                                # the serves that recording saw
     drawn = wm.start(z)
     wm.predictor.gap_keys, wm.predictor.gap_waits = torch.from_numpy(keys), torch.from_numpy(waits)
     wm.predictor.gap_serves = torch.from_numpy(serves)
