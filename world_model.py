@@ -42,7 +42,7 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record_sets
-from data.probe import (BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
+from data.probe import (BALL_MIN, BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
                         PLAYFIELD, UP_ACTIONS, object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
@@ -85,6 +85,30 @@ def coverage(c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n: int = 84) -
     i = torch.arange(n, device=c.device, dtype=c.dtype)
     a, b = (c + lo)[:, None], (c + hi)[:, None]
     return (torch.minimum(i + 0.5, b) - torch.maximum(i - 0.5, a)).clamp(0, 1)
+
+
+def ball_centroid(frames: torch.Tensor, bx: torch.Tensor, by: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, 84, 84) frames and the encoder's ball estimate (B,), (B,) -> the ball's centroid near it (B,), (B,):
+    the brightest playfield pixel within 4 px of the estimate and the above-background mass in the 5x5 window around
+    it, as the probe measures the ball (data/probe.py); the estimate where no pixel there is the ball's bright."""
+    B, top, bottom = len(frames), *PLAYFIELD
+    i = torch.arange(B, device=frames.device)[:, None, None]
+    def window(r: torch.Tensor, c: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        off = torch.arange(n, device=frames.device) - n // 2
+        rr, cc = r[:, None, None] + off[:, None], c[:, None, None] + off                  # (B, n, 1), (B, 1, n)
+        inside = (rr >= top) & (rr < bottom) & (cc >= 0) & (cc < 84)                      # (B, n, n)
+        v = frames[i, rr.clamp(top, bottom - 1), cc.clamp(0, 83)].float()
+        return torch.where(inside, v, 0.0), rr, cc
+    v, rr, cc = window(by.round().long().clamp(top, bottom - 1), bx.round().long().clamp(0, 83), 9)   # (B, 9, 9)
+    peak = v.flatten(1).argmax(1)                                                         # (B,)
+    found = v.flatten(1).amax(1) > BALL_MIN
+    r, c = rr[:, :, 0].gather(1, (peak // 9)[:, None])[:, 0], cc[:, 0].gather(1, (peak % 9)[:, None])[:, 0]
+    m, rr, cc = window(r, c, 5)
+    m = (m - 87.0).clamp(min=0)                                                           # (B, 5, 5) the probe's mass
+    mass = m.sum((1, 2)) + 1e-6
+    y = r + (m.sum(2) * (rr[:, :, 0] - r[:, None])).sum(1) / mass
+    x = c + (m.sum(1) * (cc[:, 0] - c[:, None])).sum(1) / mass
+    return torch.where(found, x, bx), torch.where(found, y, by)
 
 
 class Autoencoder(nn.Module):
@@ -151,6 +175,8 @@ class Autoencoder(nn.Module):
         # the edge of both (with 2 px, one training seed in three ended with its ball 0.3 px off).
         bx = (w * (self.cell_x + 3 * torch.tanh(h[:, 1]))).sum(-1)   # (B,)
         by = (w * (self.cell_y + 3 * torch.tanh(h[:, 2]))).sum(-1)
+        if self.objects and not self.training:
+            bx, by = ball_centroid(frames, bx, by)
         edges = []
         for j in range(4):
             w = torch.softmax(h[:, 4 + 2 * j] * gain, -1)

@@ -21,6 +21,23 @@ def test_latent_coordinates_match_the_probe_on_real_frames(learned, val_data):
         assert np.median(np.abs(centre - p[name + "_y"][seen])) < 1.0, name
 
 
+def test_the_encoders_ball_is_the_probes_centroid_near_the_learned_estimate(val_data):
+    p = probe(val_data.frames)
+    has = p["ball"]
+    frames = torch.from_numpy(val_data.frames)
+    gen = torch.Generator().manual_seed(0)
+    off = (torch.rand(len(frames), 2, generator=gen) - 0.5) * 6             # estimates up to 3 px off, either way
+    x0, y0 = torch.from_numpy(p["ball_x"]).float() + off[:, 0], torch.from_numpy(p["ball_y"]).float() + off[:, 1]
+    x0, y0 = torch.where(torch.from_numpy(has), x0, 40.0), torch.where(torch.from_numpy(has), y0, 45.0)
+    x, y = W.ball_centroid(frames, x0, y0)
+    assert has.sum() > 100 and (np.asarray(p["ball_x"])[has] > 70).sum() > 3   # balls at the player's paddle too
+    assert np.allclose(x[has], p["ball_x"][has], atol=1e-3) and np.allclose(y[has], p["ball_y"][has], atol=1e-3)
+    assert torch.equal(x[~has], x0[~has]) and torch.equal(y[~has], y0[~has])   # no ball there: the estimate
+    bx, by = torch.from_numpy(p["ball_x"][has]).float(), torch.from_numpy(p["ball_y"][has]).float()
+    away = torch.where(bx > 42, bx - 9, bx + 9)                               # 9 px off: no ball in its window
+    assert torch.equal(W.ball_centroid(frames[has], away, by)[0], away)
+
+
 def test_object_labels_follow_the_probe(val_data):
     p = probe(val_data.frames[:50])
     lab = W.object_labels(p)
