@@ -186,6 +186,17 @@ class Run:
             import wandb
             self._wandb_log({f"videos/{name.split('_step')[0]}": wandb.Video(str(gif), format="gif")})
 
+    def restamp(self, wm: "WorldModel", keys: list[str]) -> None:
+        """Rewrites these entries of last.pt's and best.pt's model with wm's (what loop 2 sets after its last
+        checkpoint when no tuning follows: the encoder's statistics and tables), the rest as written."""
+        state = wm.state_dict()
+        for name in ("last.pt", "best.pt"):
+            path = self.path / "checkpoints" / name
+            if path.is_file():
+                ckpt = read_checkpoint(path)
+                ckpt["model"].update({k: state[k].detach().cpu() for k in keys})
+                write_checkpoint(ckpt, path)
+
     def checkpoint(self, wm: "WorldModel", phase: str, step: int, opt, sched, val_loss: float, best: float) -> float:
         """last.pt (with everything needed to resume) at every validation; best.pt when the phase's
         validation loss improves. Returns the best validation loss so far."""

@@ -116,7 +116,8 @@ class Autoencoder(nn.Module):
 
     Encoder: pixel-unshuffle turns the frame into a 21x21x16 map losslessly (the ball's exact pixel
     survives the stem cheaply), a 3x3 convolution, then per object a spatial softmax over the 441
-    cells (a learnable gain sharpens it) with a sub-cell offset gives its expected position; the
+    cells (a learnable gain sharpens it) with a sub-cell offset gives its expected position (the
+    ball's, outside training, then refined on the frame itself: ball_centroid); the
     ball's presence is the max of a logit map; a strided convolution and a linear layer over the
     map's top rows (the score band) give the global code. Decoder: the objects are drawn where their
     coordinates say (the ball an anti-aliased box, each paddle a learned column profile between its
@@ -1302,13 +1303,17 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
         if at[0] == "pred" and not on_probe:
             history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
             resume = None
+        if on_probe and at[0] != "tune":        # the global code was 0 until now: its projection starts from 0
+            nn.init.zeros_(wm.predictor.gp.weight)
         if cfg.tune.steps > 0:
-            if on_probe and at[0] != "tune":    # the global code was 0 until now: its projection starts from 0
-                nn.init.zeros_(wm.predictor.gp.weight)
             history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume if at[0] == "tune" else None,
                                         phase="tune")
         else:
             adopt(wm.predictor, lat)
+            if run is not None and on_probe:    # 'pred' wrote its checkpoints with the probe's statistics: the encoder's
+                weights = dict(wm.named_parameters())
+                run.restamp(wm, [k for k in wm.state_dict() if k.startswith("predictor.") and k not in weights]
+                            + ["predictor.gp.weight"])
         return wm.eval(), history
     finally:
         for x in (lat, vlat):
@@ -1367,6 +1372,9 @@ class Later:
 
     def checkpoint(self, wm, phase, step, opt, sched, val_loss: float, best: float) -> float:
         return min(best, val_loss)
+
+    def restamp(self, wm, keys: list[str]) -> None:
+        pass
 
 
 class Beside:

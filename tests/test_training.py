@@ -3,6 +3,7 @@ import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, die_at, extra):
     assert rows(run / "val_metrics.csv") == rows(ref_run / "val_metrics.csv")
     a, b = W.WorldModel.load(run / "checkpoints" / "last.pt"), W.WorldModel.load(ref_run / "checkpoints" / "last.pt")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_run_without_tuning_saves_the_model_it_dreams_with(tmp_path):
+    cfg = W.make_config([*W.SMALL_BUDGET, "ae.steps=10", "pred.steps=10", "tune.steps=0",
+                         f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/a"])
+    s = W.train_and_evaluate(cfg, progress=False)
+    train, _ = W.load_data(cfg)
+    for name in ("last.pt", "best.pt"):
+        wm = W.WorldModel.load(Path(s["run_dir"]) / "checkpoints" / name)
+        mean, std = W.Latents(wm, train).stats()                           # the encoder's global code, not the probe's 0
+        p = wm.predictor
+        assert torch.allclose(p.gmean, mean, atol=1e-4) and torch.allclose(p.gstd, std, atol=1e-4), name
+        assert p.gstd.min() > 2e-3 and p.codes.abs().max() > 0.1, name   # the probe phase's: 1e-3 and zeros
+        assert not p.gp.weight.any(), name                               # a projection never trained on a code
 
 
 def test_resume_refuses_bad_input(tmp_path, tiny_cfg, trained):
