@@ -42,7 +42,7 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record_sets
-from data.probe import (BALL_MIN, BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
+from data.probe import (BACKGROUND, BALL_MIN, BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
                         PLAYFIELD, UP_ACTIONS, object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
@@ -104,7 +104,7 @@ def ball_centroid(frames: torch.Tensor, bx: torch.Tensor, by: torch.Tensor) -> t
     found = v.flatten(1).amax(1) > BALL_MIN
     r, c = rr[:, :, 0].gather(1, (peak // 9)[:, None])[:, 0], cc[:, 0].gather(1, (peak % 9)[:, None])[:, 0]
     m, rr, cc = window(r, c, 5)
-    m = (m - 87.0).clamp(min=0)                                                           # (B, 5, 5) the probe's mass
+    m = (m - BACKGROUND).clamp(min=0)                                                     # (B, 5, 5) the probe's mass
     mass = m.sum((1, 2)) + 1e-6
     y = r + (m.sum(2) * (rr[:, :, 0] - r[:, None])).sum(1) / mass
     x = c + (m.sum(1) * (cc[:, 0] - c[:, None])).sum(1) / mass

@@ -19,6 +19,7 @@ PADDLE_COLS = {"opponent": (8, 11), "player": (73, 76)}
 BALL_THRESHOLD = 0.6       # on the 0..1 scale, the ball is the only playfield object this bright (the
 BALL_MIN = BALL_THRESHOLD * 255  # autoencoder's loss uses the same threshold: AEConfig.bright_threshold)
 PADDLE_MIN = 0.41 * 255    # a paddle row's mean over its 3 columns exceeds this
+BACKGROUND = 87.0          # the playfield's grey (uint8): the ball's centroid weighs what is above it
 # A paddle away from the walls shows 6-13 visible rows on real frames (6-7 at rest, up to 12 when
 # the max-pooled frame holds two positions, 13 when the opponent jumps at a serve); fewer only
 # when partly behind a wall. Measured on 4,500 recorded frames (seeds 7, 11, 13).
@@ -77,7 +78,7 @@ def probe(frames: np.ndarray) -> dict[str, np.ndarray]:
     r, c = np.unravel_index(peak_idx, field.shape[1:])
     out = {"ball": flat.max(1) > BALL_MIN}
     # Centroid of the above-background mass in a 5x5 window around the peak.
-    pad = np.pad(np.clip(field - 87.0, 0, None), ((0, 0), (2, 2), (2, 2)))
+    pad = np.pad(np.clip(field - BACKGROUND, 0, None), ((0, 0), (2, 2), (2, 2)))
     off = np.arange(5)
     win = pad[np.arange(n)[:, None, None], (r[:, None] + off)[:, :, None], (c[:, None] + off)[:, None, :]]  # (N, 5, 5)
     mass = win.sum((1, 2)) + 1e-6
@@ -86,7 +87,7 @@ def probe(frames: np.ndarray) -> dict[str, np.ndarray]:
     rows = np.arange(top, bottom)
     for name, (a, b) in PADDLE_COLS.items():
         g = field[:, :, a:b]
-        g = np.where(g > BALL_MIN, 87.0, g)          # a ball passing the paddle's columns is not paddle
+        g = np.where(g > BALL_MIN, BACKGROUND, g)          # a ball passing the paddle's columns is not paddle
         near = out["ball"] & (out["ball_x"] > a - 3) & (out["ball_x"] < b + 2)
         on = _drop_ball_fragments(g.mean(2) > PADDLE_MIN, near, out["ball_y"] - top)  # (N, 63)
         cnt = on.sum(1)
