@@ -30,7 +30,7 @@ def test_the_encoders_ball_is_the_probes_centroid_near_the_learned_estimate(val_
     x0, y0 = torch.from_numpy(p["ball_x"]).float() + off[:, 0], torch.from_numpy(p["ball_y"]).float() + off[:, 1]
     x0, y0 = torch.where(torch.from_numpy(has), x0, 40.0), torch.where(torch.from_numpy(has), y0, 45.0)
     x, y = W.ball_centroid(frames, x0, y0)
-    assert has.sum() > 100 and (np.asarray(p["ball_x"])[has] > 70).sum() > 3   # balls at the player's paddle too
+    assert has.sum() > 100 and (p["ball_x"][has] > 70).sum() > 3   # balls at the player's paddle too
     assert np.allclose(x[has], p["ball_x"][has], atol=1e-3) and np.allclose(y[has], p["ball_y"][has], atol=1e-3)
     assert torch.equal(x[~has], x0[~has]) and torch.equal(y[~has], y0[~has])   # no ball there: the estimate
     bx, by = torch.from_numpy(p["ball_x"][has]).float(), torch.from_numpy(p["ball_y"][has]).float()
@@ -318,7 +318,6 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
     near = {k: (np.hypot(*(W.serve_origin(d.serve).numpy() - oat).T) <= 2).mean() for k, d in (("drawn", drawn), ("table", table))}
     # Measured: 93 % of them within 2 px of where the real serve showed (drawn: 68 %).
     assert near["table"] > 0.85 and near["table"] > near["drawn"] + 0.15, near
-
 
 
 def test_a_ball_the_encoder_loses_in_play_is_put_back_and_one_that_went_out_is_not():
