@@ -42,7 +42,7 @@ from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, Eval
                     pick_device, show_config, train_device)
 from data import Parser, UsageError
 from data.d4rl_frames import FrameData, record_sets
-from data.probe import (BACKGROUND, BALL_MIN, BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
+from data.probe import (BACKGROUND, BALL_LAST_X, BALL_MIN, BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
                         PLAYFIELD, UP_ACTIONS, object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
@@ -364,7 +364,14 @@ class Predictor(nn.Module):
                 j = j.gather(1, (n.cumsum(1)[:, None, :] <= at[None, :, None]).sum(-1))   # (B, k) with repeats
                 opp = c[:, -1, OT:OB + 1] + self.opp_steps[j].median(1).values  # (B, 2)
             paddles = torch.cat([paddles[:, :2], opp], 1)
-        nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
+        shown = 10 * r[:, BP]                                                  # (B,) the presence logit
+        if not self.training:
+            # Past a paddle (beyond its columns) the ball goes out: seen beyond BALL_LAST_X it shows no more the next
+            # frame, within them once more (the presence logit had it gone a frame early or late). Outside training.
+            past = (pres[:, -1] > 0.5) & ((x0[:, 0] < PADDLE_COLS["opponent"][0] - 1) | (x0[:, 0] > PADDLE_COLS["player"][1] + 1))
+            within = (x0[:, 0] > BALL_LAST_X[0]) & (x0[:, 0] < BALL_LAST_X[1])
+            shown = torch.where(past, torch.where(within, 10.0, -10.0), shown)
+        nxt = torch.cat([ball, shown[:, None], paddles], 1)                    # (B, 7)
         return nxt, g + r[:, NC:-1], torch.stack([turn, face.float()], 1)
 
 

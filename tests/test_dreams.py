@@ -212,6 +212,25 @@ def test_the_turn_logit_reverses_the_ball_only_at_a_paddles_face():
         assert torch.allclose(step, torch.tensor([-2.1, 2.1, 2.1, 2.1] if back else [2.1, -2.1, 2.1, 2.1]), atol=1e-4)
 
 
+def test_a_ball_past_a_paddle_shows_once_more_only_within_the_last_columns():
+    """Past a paddle the presence is Pong's, not the logit's: a ball seen within BALL_LAST_X shows the next frame,
+    one beyond it is gone; in midfield, or while training, the logit decides."""
+    p = W.Predictor(128, 4, 6, 64, True).eval()
+    lo, hi = W.BALL_LAST_X
+    last = torch.tensor([hi - 0.25, hi + 0.25, lo + 0.1, lo - 0.1, 40.0])
+    c = torch.zeros(5, 4, 7)
+    c[:, :, W.BY], c[:, :, W.BP] = 40.0, 1
+    c[:, :, W.BX] = last[:, None] + torch.tensor([-6.3, -4.2, -2.1, 0.0]) * torch.tensor([1, 1, -1, -1, 1])[:, None]
+    args = (torch.zeros(5, 121), torch.zeros(5, 4, dtype=torch.long), torch.zeros(5, 4))
+    for logit in (-3.0, 3.0):
+        with torch.no_grad():
+            p.out.bias[W.BP] = logit / 10
+            shown = p(c, *args)[0][:, W.BP]
+            assert torch.allclose(shown, torch.tensor([10.0, -10.0, 10.0, -10.0, logit]), atol=1e-5)
+            assert torch.allclose(p.train()(c, *args)[0][:, W.BP], torch.full((5,), logit), atol=1e-5)
+            p.eval()
+
+
 def test_a_dreamed_ball_never_crawls_in_midfield():
     """A ball that has flown for two frames in midfield moves on by one of Pong's horizontal speeds, however
     slow its predicted step; a ball just served, or near a paddle, keeps its predicted step."""
