@@ -337,11 +337,21 @@ class Predictor(nn.Module):
         # training windows (ball_key: its last two steps, how near a wall, a paddle's face and that paddle's centre):
         # Pong's bounces depend on sub-pixel phase and on where the paddle meets the ball, which the rules above
         # miss. Not while training: there it would find each window itself, and the search would slow loop 2 ~2x.
+        hide = None                                                            # (H,) rows whose ball hides in a wall
         if len(self.steps) >= STEP_NEIGHBOURS and c.shape[1] >= 3 and not self.training:   # (a table of fewer: the rules)
             with torch.no_grad():                                              # an index: nothing to learn through
                 key, seen = ball_key(c[:, -3:])                                # (B, 9), (B,) near a wall or a face
                 rows = seen.nonzero()[:, 0]                                    # (R,) searched: those only
-                dist, j = torch.cdist(key[rows], self.step_keys).topk(STEP_NEIGHBOURS, 1, largest=False)   # (R, k)
+                dist = torch.cdist(key[rows], self.step_keys)                  # (R, N)
+                hid = self.steps[:, 0].isnan()                                 # (N,) windows whose ball hid next
+                # Where all of the nearest windows' balls hid in a wall the next frame, away from the paddles, the ball
+                # hides too: Pong draws no ball there for a frame, by sub-pixel phase (next to a paddle the few such
+                # windows had hidden balls Pong showed).
+                dh, jh = dist.topk(STEP_NEIGHBOURS, 1, largest=False)
+                xr = x0[rows, 0]
+                hide = rows[(dh[:, -1] <= STEP_NEAR) & hid[jh].all(1) & (xr > MIDFIELD[0] + 8) & (xr < MIDFIELD[1] - 6)]
+                # The step: the median of the nearest windows whose ball showed.
+                dist, j = dist.masked_fill(hid, math.inf).topk(STEP_NEIGHBOURS, 1, largest=False)   # (R, k)
             rows, j = rows[dist[:, -1] <= STEP_NEAR], j[dist[:, -1] <= STEP_NEAR]   # a window like few seen: the rules
             ball = ball.index_put((rows,), x0[rows] + self.steps[j].median(1).values)
         # The paddles, (player, opponent) at once: centre plus residual, height 7 rows plus residual.
@@ -366,11 +376,16 @@ class Predictor(nn.Module):
             paddles = torch.cat([paddles[:, :2], opp], 1)
         shown = 10 * r[:, BP]                                                  # (B,) the presence logit
         if not self.training:
-            # Past a paddle (beyond its columns) the ball goes out: seen beyond BALL_LAST_X it shows no more the next
-            # frame, within them once more (the presence logit had it gone a frame early or late). Outside training.
-            past = (pres[:, -1] > 0.5) & ((x0[:, 0] < PADDLE_COLS["opponent"][0] - 1) | (x0[:, 0] > PADDLE_COLS["player"][1] + 1))
+            # Outside training the presence of a ball seen in the last frame is Pong's. Past a paddle's face it goes
+            # out: seen beyond BALL_LAST_X it shows no more the next frame, within them once more (the logit had it
+            # gone a frame early or late). Between the faces a ball flying at Pong's steps shows (Pong's ball leaves
+            # only past a paddle), unless hidden in a wall (above); one that jumped (the encoder's error) is the logit's.
+            past = (pres[:, -1] > 0.5) & ((x0[:, 0] < FACES[0]) | (x0[:, 0] > FACES[1]))
             within = (x0[:, 0] > BALL_LAST_X[0]) & (x0[:, 0] < BALL_LAST_X[1])
-            shown = torch.where(past, torch.where(within, 10.0, -10.0), shown)
+            flying = (both[:, -1] > 0.5) & pong_step(xy[:, -2], xy[:, -1])
+            shown = torch.where(past, torch.where(within, 10.0, -10.0), torch.where(flying, 10.0, shown))
+        if hide is not None:
+            shown = shown.index_put((hide,), shown.new_tensor(-10.0))
         nxt = torch.cat([ball, shown[:, None], paddles], 1)                    # (B, 7)
         return nxt, g + r[:, NC:-1], torch.stack([turn, face.float()], 1)
 
@@ -407,13 +422,15 @@ def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ball_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The step table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,) ->
-    ball_key (M, 9) of every window of three frames whose ball shows in them and in the next frame of their
-    episode, and that next step (M, 2)."""
+    ball_key (M, 9) of every window of three frames whose ball shows in them, and the next step in its episode
+    (M, 2): NaN where the next frame shows no ball though the ball is in play (hidden in a wall for a frame)."""
     t = np.arange(2, len(c) - 1)
-    t = t[(episode[t - 2] == episode[t + 1]) & (c[t + 1, BP] > 0.5)]
+    x = c[t, BX]
+    in_play = (x > PADDLE_COLS["opponent"][0] - 1) & (x < PADDLE_COLS["player"][1] + 1)
+    t = t[(episode[t - 2] == episode[t + 1]) & ((c[t + 1, BP] > 0.5) | in_play)]
     key, seen = ball_key(torch.from_numpy(c[t[:, None] + np.arange(-2, 1)]))
     t = t[seen.numpy()]
-    return key[seen].numpy(), c[t + 1, :BP] - c[t, :BP]
+    return key[seen].numpy(), np.where(c[t + 1, BP:BP + 1] > 0.5, c[t + 1, :BP] - c[t, :BP], np.nan)
 
 
 # What makes two windows' next opponent steps alike (opp_key), each term's weight: its centre's last three steps, the
@@ -538,6 +555,13 @@ def held(nxt: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Ten
     return torch.cat([nxt[:, :PT], new, nxt[:, PB + 1:]], 1)
 
 
+def pong_step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Ball positions a, b (..., 2) in consecutive frames -> (...) bool: b is within one of Pong's steps of a (<= 4.2
+    px across, 3.2 down, + 1): the same ball flying, not an encoder's error."""
+    st = (b - a).abs()
+    return (st[..., 0] <= max(BALL_SPEEDS[0]) + 1.0) & (st[..., 1] <= max(BALL_SPEEDS[1]) + 1.0)
+
+
 def still_in_play(c: torch.Tensor) -> torch.Tensor:
     """A window's coordinates (B, K, 7), hard presence -> the same with a ball the encoder lost put back where it
     says, where that is one of Pong's steps (<= 4.2 px across, 3.2 down, + 1) from the frame before: Pong's ball
@@ -546,11 +570,9 @@ def still_in_play(c: torch.Tensor) -> torch.Tensor:
     find it; a window whose last frame lost it had the dream serve anew. (A ball wholly behind the top wall: the
     coordinates find nothing there, it stays lost, and the predictor brings it back.)"""
     c = c.clone()
-    vmax = [max(v) + 1.0 for v in BALL_SPEEDS]
     lo, hi = BALL_X_RANGE[0] + max(BALL_SPEEDS[0]), BALL_X_RANGE[1] - max(BALL_SPEEDS[0])
     for k in range(1, c.shape[1]):
-        x, step = c[:, k - 1, BX], (c[:, k, :BP] - c[:, k - 1, :BP]).abs()
-        near = (step[:, 0] <= vmax[0]) & (step[:, 1] <= vmax[1])
+        x, near = c[:, k - 1, BX], pong_step(c[:, k - 1, :BP], c[:, k, :BP])
         back = (c[:, k - 1, BP] > 0.5) & (c[:, k, BP] < 0.5) & (x > lo) & (x < hi) & near
         c[:, k, BP] = torch.where(back, 1.0, c[:, k, BP])
     return c
@@ -813,13 +835,18 @@ class WorldModel(nn.Module):
         if p.action_conditioned:                                                # a model blind to actions stays so
             nxt = held(nxt, d.c, actions)
         on = (nxt[:, BP] > 0) & (nxt[:, BX] >= BALL_X_RANGE[0]) & (nxt[:, BX] <= BALL_X_RANGE[1])   # past: out of play
-        gone = (~on & ~out).cpu()
+        # Pong's ball leaves only past a paddle: one flying between the faces that the next frame does not show is
+        # hidden in a wall (Pong draws none there for a frame): the dream keeps it, its frame does not show it.
+        x0 = d.c[:, -1, BX]
+        flying = (pres[:, -2] > 0.5) & pong_step(d.c[:, -2, :BP], d.c[:, -1, :BP])
+        hidden = ~on & ~out & flying & (x0 > FACES[0]) & (x0 < FACES[1])
+        gone = (~on & ~out & ~hidden).cpu()
         serve = d.serve.clone()
         if gone.any():
             g_ = gone.to(serve.device)
             serve[g_] = self.next_serve(serve[g_].cpu(), d.c[:, -1, BX].cpu()[gone], d.gen).to(serve.device)
         wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
-        nxt = torch.cat([nxt[:, :BP], on[:, None].float(), nxt[:, BP + 1:]], 1)
+        nxt = torch.cat([nxt[:, :BP], (on | hidden)[:, None].float(), nxt[:, BP + 1:]], 1)
         drawn = p.codes[torch.cdist(g, p.codes).argmin(1)] if self.objects else g   # a score band seen in training
         frame = self.ae.decode(torch.cat([nxt[:, :BP], (16 * on[:, None].float() - 8), nxt[:, BP + 1:],
                                           drawn * p.gstd + p.gmean], 1))
