@@ -27,8 +27,9 @@ PADDLE_ROWS = (6, 13)
 BALL_MOVES_PX = 0.5        # a ball 'moves' when its centroid shifts this much between frames
 BALL_Y_RANGE = (14.0, 76.0)  # the ball's centre row between the walls: it bounces at these
 BALL_X_RANGE = (1.5, 83.0)   # the columns where a ball is seen (1.6-82.95 on 10,000 frames): past them it is out
-# A ball past a paddle (beyond its columns) seen beyond these columns shows no more the next frame; within them it
-# shows once more: so on 2,201 of 2,220 such frames in 60,000 recorded (seeds 7100-7129, random and tracker play).
+# A ball past a paddle's face (FACES) seen beyond these columns shows no more the next frame; within them it shows
+# once more: so on 4,016 of 4,035 such frames in 60,000 recorded (seeds 7100-7129, random and tracker play; beyond the
+# paddles' columns, x < 7 or > 77: 2,201 of 2,220).
 BALL_LAST_X = (3.3, 80.85)
 FACES = (9.5, 73.5)        # the ball's x in the frame a paddle turns it at (9.5-10.7, 72.3-74.5 on 139 recorded turns)
 # The ball's speeds, pixels per agent step, each direction: |dx| 2.10 (88 %) or 4.20 (5 %), |dy| 0.04, 1.59
