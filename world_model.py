@@ -294,7 +294,8 @@ class Predictor(nn.Module):
         """c (B, K, 7) coordinates (pixels, presence 0/1), g (B, G) normalised global code of the last
         frame, actions (B, K) int (-1 unknown), u (B, 4) -> next coordinates (B, 7) with the presence
         as a logit, next normalised global code (B, G), the turn (B, 2): its logit, and 1 where the ball
-        is at a paddle's face (where the logit acts)."""
+        is at a paddle's face (where the logit acts), and 1 where the step table says the ball hides in a wall next
+        (outside training; WorldModel.dream_step acts on it)."""
         pres = c[:, :, BP]                                                     # (B, K) 0/1
         xy = torch.where(pres[..., None] > 0.5, c[..., :BP], self.centre[:2])    # (B, K, 2) an absent ball sits at the centre
         posn = (torch.cat([xy, c[..., BP + 1:]], -1) - self.centre) / self.SCALE   # (B, K, 6): POS, normalised
@@ -337,19 +338,20 @@ class Predictor(nn.Module):
         # training windows (ball_key: its last two steps, how near a wall, a paddle's face and that paddle's centre):
         # Pong's bounces depend on sub-pixel phase and on where the paddle meets the ball, which the rules above
         # miss. Not while training: there it would find each window itself, and the search would slow loop 2 ~2x.
-        hide = None                                                            # (H,) rows whose ball hides in a wall
+        hide = torch.zeros_like(x0[:, 0])                                      # (B,) 1: the ball hides in a wall next
         if len(self.steps) >= STEP_NEIGHBOURS and c.shape[1] >= 3 and not self.training:   # (a table of fewer: the rules)
             with torch.no_grad():                                              # an index: nothing to learn through
                 key, seen = ball_key(c[:, -3:])                                # (B, 9), (B,) near a wall or a face
                 rows = seen.nonzero()[:, 0]                                    # (R,) searched: those only
                 dist = torch.cdist(key[rows], self.step_keys)                  # (R, N)
-                hid = self.steps[:, 0].isnan()                                 # (N,) windows whose ball hid next
+                hid = self.steps[:, 0].isinf()                                 # (N,) windows whose ball hid next
                 # Where all of the nearest windows' balls hid in a wall the next frame, away from the paddles, the ball
                 # hides too: Pong draws no ball there for a frame, by sub-pixel phase (next to a paddle the few such
                 # windows had hidden balls Pong showed).
                 dh, jh = dist.topk(STEP_NEIGHBOURS, 1, largest=False)
                 xr = x0[rows, 0]
-                hide = rows[(dh[:, -1] <= STEP_NEAR) & hid[jh].all(1) & (xr > MIDFIELD[0] + 8) & (xr < MIDFIELD[1] - 6)]
+                hid_all = (dh[:, -1] <= STEP_NEAR) & hid[jh].all(1) & (xr > MIDFIELD[0] + 8) & (xr < MIDFIELD[1] - 6)
+                hide = hide.index_put((rows,), hid_all.to(hide.dtype))
                 # The step: the median of the nearest windows whose ball showed.
                 dist, j = dist.masked_fill(hid, math.inf).topk(STEP_NEIGHBOURS, 1, largest=False)   # (R, k)
             rows, j = rows[dist[:, -1] <= STEP_NEAR], j[dist[:, -1] <= STEP_NEAR]   # a window like few seen: the rules
@@ -374,20 +376,8 @@ class Predictor(nn.Module):
                 j = j.gather(1, (n.cumsum(1)[:, None, :] <= at[None, :, None]).sum(-1))   # (B, k) with repeats
                 opp = c[:, -1, OT:OB + 1] + self.opp_steps[j].median(1).values  # (B, 2)
             paddles = torch.cat([paddles[:, :2], opp], 1)
-        shown = 10 * r[:, BP]                                                  # (B,) the presence logit
-        if not self.training:
-            # Outside training the presence of a ball seen in the last frame is Pong's. Past a paddle's face it goes
-            # out: seen beyond BALL_LAST_X it shows no more the next frame, within them once more (the logit had it
-            # gone a frame early or late). Between the faces a ball flying at Pong's steps shows (Pong's ball leaves
-            # only past a paddle), unless hidden in a wall (above); one that jumped (the encoder's error) is the logit's.
-            past = (pres[:, -1] > 0.5) & ((x0[:, 0] < FACES[0]) | (x0[:, 0] > FACES[1]))
-            within = (x0[:, 0] > BALL_LAST_X[0]) & (x0[:, 0] < BALL_LAST_X[1])
-            flying = (both[:, -1] > 0.5) & pong_step(xy[:, -2], xy[:, -1])
-            shown = torch.where(past, torch.where(within, 10.0, -10.0), torch.where(flying, 10.0, shown))
-        if hide is not None:
-            shown = shown.index_put((hide,), shown.new_tensor(-10.0))
-        nxt = torch.cat([ball, shown[:, None], paddles], 1)                    # (B, 7)
-        return nxt, g + r[:, NC:-1], torch.stack([turn, face.float()], 1)
+        nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
+        return nxt, g + r[:, NC:-1], torch.stack([turn, face.float(), hide], 1)
 
 
 # What makes two windows' next ball steps alike (ball_key), each term's weight: the last step (x, y), the one
@@ -423,14 +413,14 @@ def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def ball_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The step table of a set's consecutive frames: coordinates c (N, 7), hard presence, episode ids (N,) ->
     ball_key (M, 9) of every window of three frames whose ball shows in them, and the next step in its episode
-    (M, 2): NaN where the next frame shows no ball though the ball is in play (hidden in a wall for a frame)."""
+    (M, 2): inf where the next frame shows no ball though the ball is in play (hidden in a wall for a frame)."""
     t = np.arange(2, len(c) - 1)
     x = c[t, BX]
     in_play = (x > PADDLE_COLS["opponent"][0] - 1) & (x < PADDLE_COLS["player"][1] + 1)
     t = t[(episode[t - 2] == episode[t + 1]) & ((c[t + 1, BP] > 0.5) | in_play)]
     key, seen = ball_key(torch.from_numpy(c[t[:, None] + np.arange(-2, 1)]))
     t = t[seen.numpy()]
-    return key[seen].numpy(), np.where(c[t + 1, BP:BP + 1] > 0.5, c[t + 1, :BP] - c[t, :BP], np.nan)
+    return key[seen].numpy(), np.where(c[t + 1, BP:BP + 1] > 0.5, c[t + 1, :BP] - c[t, :BP], np.inf)
 
 
 # What makes two windows' next opponent steps alike (opp_key), each term's weight: its centre's last three steps, the
@@ -815,7 +805,18 @@ class WorldModel(nn.Module):
         zero = torch.zeros_like(d.wait)
         u = torch.stack([torch.where(out, d.serve[:, 0], zero), torch.where(just, d.serve[:, 1], zero),
                          torch.where(just, d.serve[:, 2], zero), torch.where(out, d.wait / 16, zero)], 1)
-        nxt, g, _ = p(d.c, d.g, actions, u)
+        nxt, g, info = p(d.c, d.g, actions, u)
+        # The presence of a ball seen in the last frame is Pong's, not the logit's. Past a paddle's face it goes out:
+        # seen beyond BALL_LAST_X it shows no more the next frame, within them once more (the logit had it gone a
+        # frame early or late). Between the faces a ball flying at Pong's steps shows (Pong's ball leaves only past a
+        # paddle), unless the step table says it hides in a wall; one that jumped (the encoder's error) is the logit's.
+        x0 = d.c[:, -1, BX]
+        past = (pres[:, -1] > 0.5) & ((x0 < FACES[0]) | (x0 > FACES[1]))
+        within = (x0 > BALL_LAST_X[0]) & (x0 < BALL_LAST_X[1])
+        flying = (pres[:, -1] > 0.5) & (pres[:, -2] > 0.5) & pong_step(d.c[:, -2, :BP], d.c[:, -1, :BP])
+        shown = torch.where(past, torch.where(within, 10.0, -10.0), torch.where(flying, 10.0, nxt[:, BP]))
+        edge = torch.where(past & within, nxt[:, BX].clamp(*BALL_X_RANGE), nxt[:, BX])   # shown at the screen's edge
+        nxt = torch.cat([edge[:, None], nxt[:, BY:BP], torch.where(info[:, 2] > 0.5, -10.0, shown)[:, None], nxt[:, BP + 1:]], 1)
         if d.serve.shape[1] > 6:
             # A serve comes when its frame comes, never before (the predictor had served a ball out past a rarely
             # seen side a frame after it left; a ball the encoder lost in midfield is the predictor's to bring back;
@@ -837,8 +838,6 @@ class WorldModel(nn.Module):
         on = (nxt[:, BP] > 0) & (nxt[:, BX] >= BALL_X_RANGE[0]) & (nxt[:, BX] <= BALL_X_RANGE[1])   # past: out of play
         # Pong's ball leaves only past a paddle: one flying between the faces that the next frame does not show is
         # hidden in a wall (Pong draws none there for a frame): the dream keeps it, its frame does not show it.
-        x0 = d.c[:, -1, BX]
-        flying = (pres[:, -2] > 0.5) & pong_step(d.c[:, -2, :BP], d.c[:, -1, :BP])
         hidden = ~on & ~out & flying & (x0 > FACES[0]) & (x0 < FACES[1])
         gone = (~on & ~out & ~hidden).cpu()
         serve = d.serve.clone()
