@@ -209,7 +209,8 @@ def test_the_turn_logit_reverses_the_ball_only_at_a_paddles_face():
         with torch.no_grad():
             p.out.bias[-1] = logit
             nxt, _, turn = p(c, torch.zeros(4, 121), torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4))
-        assert torch.allclose(turn, torch.tensor([[logit, 1.0], [logit, 1.0], [logit, 0.0], [logit, 0.0]]))  # logit, at a face
+        assert torch.allclose(turn[:, :2], torch.tensor([[logit, 1.0], [logit, 1.0], [logit, 0.0], [logit, 0.0]]))  # logit, at a face
+        assert not turn[:, 2].any()                                     # no step table: no hide
         step = nxt[:, W.BX] - c[:, -1, W.BX]
         assert torch.allclose(step, torch.tensor([-2.1, 2.1, 2.1, 2.1] if back else [2.1, -2.1, 2.1, 2.1]), atol=1e-4)
 
