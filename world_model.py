@@ -293,7 +293,7 @@ class Predictor(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """c (B, K, 7) coordinates (pixels, presence 0/1), g (B, G) normalised global code of the last
         frame, actions (B, K) int (-1 unknown), u (B, 4) -> next coordinates (B, 7) with the presence
-        as a logit, next normalised global code (B, G), the turn (B, 2): its logit, and 1 where the ball
+        as a logit, next normalised global code (B, G), the turn (B, 3): its logit, 1 where the ball
         is at a paddle's face (where the logit acts), and 1 where the step table says the ball hides in a wall next
         (outside training; WorldModel.dream_step acts on it)."""
         pres = c[:, :, BP]                                                     # (B, K) 0/1
@@ -843,7 +843,7 @@ class WorldModel(nn.Module):
         serve = d.serve.clone()
         if gone.any():
             g_ = gone.to(serve.device)
-            serve[g_] = self.next_serve(serve[g_].cpu(), d.c[:, -1, BX].cpu()[gone], d.gen).to(serve.device)
+            serve[g_] = self.next_serve(serve[g_].cpu(), x0.cpu()[gone], d.gen).to(serve.device)
         wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
         nxt = torch.cat([nxt[:, :BP], (on | hidden)[:, None].float(), nxt[:, BP + 1:]], 1)
         drawn = p.codes[torch.cdist(g, p.codes).argmin(1)] if self.objects else g   # a score band seen in training
