@@ -168,6 +168,8 @@ class HeldoutConfig:
     policy: str = "tracker"       # recording policy: another than training's random play (tracker returns the ball)
     horizon: int = 50             # H: open-loop steps of the curves and the CSV
     starts: int = 96              # open-loop rollouts, start points spread evenly over all episodes
+    memory: int = 16              # frames before each start's K a dream may read (within its episode): where the
+                                  # ball went out tells when and where the next serve comes; 0: the K frames alone
     long_horizon: int = 200       # steps of the long rollouts (tracking horizon, videos)
     long_starts: int = 8          # long rollouts (0: none)
     dream_steps: int = 200        # steps of each dream with random actions (no ground truth)
@@ -274,7 +276,7 @@ RULES: dict[str, object] = {
     "experiment.wandb.mode": ("disabled", "offline", "online"), "experiment.wandb.project": "name",
     "experiment.wandb.entity": "optional text",
     "heldout.steps": _INT1, "heldout.seed": _NONNEG, "heldout.policy": "policy", "heldout.horizon": _INT1,
-    "heldout.starts": _INT1, "heldout.long_horizon": _INT1, "heldout.long_starts": _NONNEG,
+    "heldout.starts": _INT1, "heldout.memory": _NONNEG, "heldout.long_horizon": _INT1, "heldout.long_starts": _NONNEG,
     "heldout.dream_steps": _INT1, "heldout.dreams": _INT1, "heldout.videos": _NONNEG, "heldout.video_steps": _INT1,
     "heldout.probe_frames": _NONNEG, "heldout.batch_frames": _INT1, "heldout.ssim": "bool", "heldout.fps": _INT1,
 }

@@ -57,9 +57,21 @@ def spread_starts(data: FrameData, length: int, n: int) -> np.ndarray:
     return s[evenly(len(s), n)]
 
 
-def rollout_inputs(data: FrameData, starts: np.ndarray, K: int, horizon: int, zero_actions: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Context uint8 (S, K, 84, 84), actions (S, H) and context actions (S, K - 1) of recorded windows.
+def memory_rows(data: FrameData, starts: np.ndarray, K: int, memory: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Frame indices of windows of K frames and the `memory` frames before each (S, memory + K), none before its
+    episode's first frame (that frame repeated instead), and how many of them are real, counted from the last (S,)."""
+    ep = np.asarray(data.episode)
+    first = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    begin = first[np.searchsorted(first, starts, side="right") - 1]           # (S,) the first frame of each one's episode
+    idx = np.maximum(starts[:, None] + np.arange(-memory, K), begin[:, None])
+    return idx, torch.from_numpy(K + np.minimum(memory, starts - begin))
+
+
+def rollout_inputs(data: FrameData, starts: np.ndarray, K: int, horizon: int, zero_actions: bool = False,
+                   memory: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Context uint8 (S, memory + K, 84, 84), actions (S, H), context actions (S, K - 1) of recorded windows, and how
+    many context frames are real (S,): the `memory` frames before each window (WorldModel.start: where the ball went
+    out) stop at its episode's first frame.
 
     The actions taken at the context frames are given (the model knows how the paddle was
     moving); zero_actions replaces every action by -1 (unknown), which the predictor sees as zeros.
@@ -68,18 +80,21 @@ def rollout_inputs(data: FrameData, starts: np.ndarray, K: int, horizon: int, ze
     acts = torch.from_numpy(np.asarray(data.actions, np.int64)[idx])          # (S, K + H - 1); -1 must fit
     if zero_actions:
         acts = torch.full_like(acts, -1)
-    return torch.from_numpy(data.frames[idx[:, :K]]), acts[:, K - 1:], acts[:, :K - 1]
+    rows, valid = memory_rows(data, starts, K, memory)
+    return torch.from_numpy(data.frames[rows]), acts[:, K - 1:], acts[:, :K - 1], valid
 
 
 def rollouts(wm: WorldModel, context: torch.Tensor, actions: torch.Tensor, context_actions: torch.Tensor,
-             batch_frames: int = 3200, progress: bool = False) -> tuple[np.ndarray, float]:
-    """wm.rollout_batch over as many starts at once as batch_frames allows: uint8 (S, H, 84, 84), seconds spent."""
+             valid: torch.Tensor | None = None, batch_frames: int = 3200, progress: bool = False) -> tuple[np.ndarray, float]:
+    """wm.rollout_batch over as many starts at once as batch_frames allows: uint8 (S, H, 84, 84), seconds spent.
+    `valid` (S,): real frames of each context (rollout_inputs), None: all."""
     S, H = actions.shape
     out, spent = np.empty((S, H, 84, 84), np.uint8), 0.0
     b = max(1, batch_frames // max(H, 1))
     for i in tqdm(range(0, S, b), desc="rollouts", disable=not progress, leave=False):
         t = time.perf_counter()
-        out[i:i + b] = to_uint8(wm.rollout_batch(context[i:i + b], actions[i:i + b], context_actions[i:i + b]))
+        more = {} if valid is None else {"valid": valid[i:i + b]}
+        out[i:i + b] = to_uint8(wm.rollout_batch(context[i:i + b], actions[i:i + b], context_actions[i:i + b], **more))
         spent += time.perf_counter() - t
     return out, spent
 
@@ -238,7 +253,7 @@ def _figures_of(parts: list[dict], objects: bool) -> dict[str, float]:
 
 @torch.no_grad()
 def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: int = 4096,
-                                batch: int = 512, chunk: int = 4096) -> tuple[dict[str, float], dict[str, float]]:
+                                batch: int = 512, chunk: int = 4096, memory: int = 0) -> tuple[dict[str, float], dict[str, float]]:
     """Reconstruction of every held-out frame, and teacher-forced one-step prediction: frame t + K
     from the K real frames before it and their actions.
 
@@ -263,8 +278,10 @@ def reconstruction_and_one_step(wm: WorldModel, data: FrameData, max_windows: in
         return rec, {"windows": 0}
     s = s[evenly(len(s), max_windows)]
     acts = torch.from_numpy(np.asarray(data.actions, np.int64)).to(wm.device)
-    idx = torch.from_numpy(s[:, None] + np.arange(K))                          # (W, K)
-    pred = np.concatenate([to_uint8(wm.dream_step(wm.start(z[j]), acts[j])[1]) for j in idx.split(batch)])
+    rows, valid = memory_rows(data, s, K, memory)                              # (W, memory + K), (W,)
+    rows, idx = torch.from_numpy(rows), torch.from_numpy(s[:, None] + np.arange(K))   # (W, K): their actions
+    pred = np.concatenate([to_uint8(wm.dream_step(wm.start(z[r], valid=v), acts[j])[1])
+                           for r, v, j in zip(rows.split(batch), valid.split(batch), idx.split(batch))])
     real, last = data.frames[s + K], data.frames[s + K - 1]
     one = {"windows": len(s), "mse": mse(pred, real), "copy_last_mse": mse(last, real)}
     if wm.objects:   # the real frames probed once; the ball's baselines on the same windows (open_loop: fewer)
@@ -292,7 +309,8 @@ def open_loop(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, progress: boo
     starts = spread_starts(data, K + H, cfg.starts)
     real = data.frames[starts[:, None] + np.arange(K, K + H)]                  # (S, H, 84, 84)
     # Model and zero-action starts in one batch: fewer, larger calls run faster on a CPU.
-    ins = [torch.cat(x) for x in zip(rollout_inputs(data, starts, K, H), rollout_inputs(data, starts, K, H, True))]
+    ins = [torch.cat(x) for x in zip(rollout_inputs(data, starts, K, H, memory=cfg.memory),
+                                     rollout_inputs(data, starts, K, H, True, cfg.memory))]
     both, spent = rollouts(wm, *ins, batch_frames=cfg.batch_frames, progress=progress)
     model, zero = both[:len(starts)], both[len(starts):]
     preds = {"model": model, "copy_last": np.repeat(data.frames[starts + K - 1][:, None], H, 1), "zero_action": zero}
@@ -338,14 +356,14 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
     ls = spread_starts(data, K + L, cfg.long_starts) if cfg.long_starts > 0 and len(data.starts(K + L)) else \
         np.zeros(0, np.int64)
     ds = spread_starts(data, K, cfg.dreams)
-    dream_in = list(rollout_inputs(data, ds, K, 1))
+    dream_in = list(rollout_inputs(data, ds, K, 1, memory=cfg.memory))
     dream_in[1] = torch.from_numpy(np.random.default_rng(cfg.seed).integers(0, wm.num_actions, (len(ds), T)))
-    long_in = rollout_inputs(data, ls, K, L)
+    long_in = rollout_inputs(data, ls, K, L, memory=cfg.memory)
     if L == T:   # one batch: fewer, larger calls run faster on a CPU
         both = rollouts(wm, *[torch.cat(x) for x in zip(long_in, dream_in)], batch_frames=cfg.batch_frames)[0]
         lmodel, dream = both[:len(ls)], both[len(ls):]
     else:
-        lmodel, dream = rollouts(wm, *long_in, cfg.batch_frames)[0], rollouts(wm, *dream_in, cfg.batch_frames)[0]
+        lmodel, dream = (rollouts(wm, *x, batch_frames=cfg.batch_frames)[0] for x in (long_in, dream_in))
     m, single = {"long": {"skipped": f"no held-out episode holds {K + L} frames" if cfg.long_starts else "off"},
                  "videos": []}, float("nan")
     if len(ls):
@@ -375,11 +393,12 @@ def long_rollouts_and_dreams(wm: WorldModel, data: FrameData, cfg: HeldoutConfig
     if wm.objects:   # Pong: is it still Pong? (no ground truth; another game has no probe to ask)
         m["dream"] |= {"model": plausibility(dream.reshape(-1, 84, 84), same.ravel()[:-1]),
                        "real": plausibility(data.frames[:REAL_FRAMES], (ep[1:] == ep[:-1])[:REAL_FRAMES - 1])}
-        m["dream"]["obeys"] = obeys_actions(wm, dream_in[0], dream_in[2], cfg)
+        m["dream"]["obeys"] = obeys_actions(wm, dream_in[0], dream_in[2], cfg, dream_in[3])
     return m, single, dream
 
 
-def obeys_actions(wm: WorldModel, context: torch.Tensor, context_actions: torch.Tensor, cfg: HeldoutConfig) -> dict:
+def obeys_actions(wm: WorldModel, context: torch.Tensor, context_actions: torch.Tensor, cfg: HeldoutConfig,
+                  valid: torch.Tensor | None = None) -> dict:
     """Pong: dreams fed only UP (only DOWN) from the same contexts must end with the player's paddle
     at the top (bottom) wall, as the real game does within ~10 steps. Shares of dreams whose paddle
     centre ends within 4 px of that wall, and the mean final centre rows. The end is the median centre
@@ -388,7 +407,7 @@ def obeys_actions(wm: WorldModel, context: torch.Tensor, context_actions: torch.
     n, T, last = len(context), min(cfg.dream_steps, 60), 5
     acts = torch.cat([torch.full((n, T), UP), torch.full((n, T), DOWN)])
     tail = rollouts(wm, torch.cat([context, context]), acts, torch.cat([context_actions, context_actions]),
-                    cfg.batch_frames)[0][:, -last:]                                      # (2n, 5, 84, 84)
+                    None if valid is None else torch.cat([valid, valid]), cfg.batch_frames)[0][:, -last:]   # (2n, 5, 84, 84)
     top, bottom = PLAYFIELD[0], PLAYFIELD[1] - 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -413,7 +432,7 @@ def measure(wm: WorldModel, data: FrameData, cfg: HeldoutConfig, out_dir: Path |
     m |= long_and_dreams
     times["long_rollouts+dreams"] = time.perf_counter() - t
     t = time.perf_counter()
-    m["reconstruction"], m["one_step"] = reconstruction_and_one_step(wm, data)
+    m["reconstruction"], m["one_step"] = reconstruction_and_one_step(wm, data, memory=cfg.memory)
     times["reconstruction+one_step"] = time.perf_counter() - t
     if cfg.probe_frames > 0 and wm.game == "Pong":
         t = time.perf_counter()

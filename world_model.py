@@ -693,58 +693,72 @@ class WorldModel(nn.Module):
         return to_uint8(self.rollout_batch(ctx[None], a[None], past)[0])
 
     @torch.no_grad()
-    def rollout_batch(self, context: torch.Tensor, actions: torch.Tensor,
-                      context_actions: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-        """Many dreams: uint8 (B, K, 84, 84), int (B, H), optional int (B, K - 1) -> float (B, H, 84, 84) in 0..1.
-        `seed` draws the serves (the only randomness of a dream)."""
+    def rollout_batch(self, context: torch.Tensor, actions: torch.Tensor, context_actions: torch.Tensor | None = None,
+                      seed: int = 0, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Many dreams: uint8 (B, L, 84, 84), int (B, H), optional int (B, K - 1) -> float (B, H, 84, 84) in 0..1.
+        The last K frames are the context; any before them are its memory (start: where the ball went out), `valid`
+        (B,) how many of the L are real. `seed` draws the serves (the only randomness of a dream)."""
         self.eval()
-        B, K = context.shape[:2]
+        B, K = len(context), self.context
         if context_actions is None:
             context_actions = torch.full((B, K - 1), -1, dtype=torch.long)    # unknown
         history = torch.cat([context_actions.long(), actions.long()], 1).to(self.device)  # (B, K - 1 + H)
-        d = self.encode_context(context, seed)
+        d = self.encode_context(context, seed, valid)
         out = []
         for i in range(actions.shape[1]):
             d, frame = self.dream_step(d, history[:, i:i + K])
             out.append(frame)                                                  # (B, 84, 84)
         return torch.stack(out, 1) if out else torch.zeros(B, 0, 84, 84)
 
-    def encode_context(self, context: torch.Tensor, seed: int = 0) -> Dream:
-        """uint8 (B, K, 84, 84) -> a dream starting from these frames."""
-        B, K = context.shape[:2]
-        return self.start(self.ae.encode(context.flatten(0, 1).to(self.device)).view(B, K, -1), seed)
+    def encode_context(self, context: torch.Tensor, seed: int = 0, valid: torch.Tensor | None = None) -> Dream:
+        """uint8 (B, L, 84, 84), L >= K (the frames before the last K: memory) -> a dream starting from these frames."""
+        B, L = context.shape[:2]
+        return self.start(self.ae.encode(context.flatten(0, 1).to(self.device)).view(B, L, -1), seed, valid)
 
-    def start(self, z: torch.Tensor, seed: int = 0) -> Dream:
-        """Latent windows (B, K, D) -> a dream from them: hard ball presence, the serve of the rally the window
-        shows (the one whose straight path from the centre its ball is on, else one drawn) and, if the ball
-        is out, the frames until the next (from how long the window has shown no ball; a window that shows none at
-        all: from where the opponent climbs in it, as in the most alike training windows, gap_waits, which also tell the
-        serve: the one most of those windows saw, a serve drawn where the table has none). A ball served in the
-        window's last frame keeps the serve seen in training nearest where it appeared (within
-        SERVE_MATCH_PX): where Pong's serve first shows tells where it flies (x < 41.5: to the left, y < 46:
-        up; every one of ~600 recorded serves). A window in which the ball went out waits for a serve toward
-        the side that lost the point (next_serve)."""
-        B, K = z.shape[:2]
-        c, g = still_in_play(latent_table(self, z)[0]), latent_table(self, z[:, -1])[1]   # (B, K, 7), (B, G)
+    def start(self, z: torch.Tensor, seed: int = 0, valid: torch.Tensor | None = None) -> Dream:
+        """Latent windows (B, L, D), L >= K -> a dream from their last K frames: hard ball presence, the serve of the
+        rally the window shows (the one whose straight path from the centre its ball is on, else one drawn) and, if the
+        ball is out, the frames until the next. The L - K frames before the window are a memory of the point: where
+        they show the ball go out, the wait is known (next_serve: from where it was last seen) and the serve is the
+        rally's, if the ball was still on its path, else the one most alike training windows saw (gap_waits). A window
+        whose frames show no ball at all waits as those most alike training windows did (where all agree, exactly; else
+        the predictor serves when it sees fit) and serves as most of them did. A ball served in the window's last
+        frame keeps the serve seen in training nearest where it appeared (within SERVE_MATCH_PX): where Pong's serve
+        first shows tells where it flies (x < 41.5: to the left, y < 46: up; every one of ~600 recorded serves).
+        `valid` (B,): how many of the L frames, counted from the last, are real (the rest are padding before an
+        episode's first frame, read as frames without a ball); None: all."""
+        B, L = z.shape[:2]
+        K = self.context
+        ca = still_in_play(latent_table(self, z)[0])                           # (B, L, 7)
+        if valid is not None:                                                  # padding: no ball
+            pad = torch.arange(L, device=ca.device) < (L - valid.to(ca.device))[:, None]
+            ca[:, :, BP] = torch.where(pad, 0.0, ca[:, :, BP])
+        c, g = ca[:, -K:], latent_table(self, z[:, -1])[1]                     # (B, K, 7), (B, G)
         gen = torch.Generator().manual_seed(seed)
         serve = self._serves(B, gen)
         r = torch.rand(B, generator=gen)                                       # where in an unseen gap the window is
         s = self.predictor.serves.cpu()
-        cc = c.cpu()
+        cc, cca = c.cpu(), ca.cpu()
         if s.shape[1] > 4:                                                     # older checkpoints: no x0, drawn
             dist, j = torch.cdist(cc[:, -1, :BP], serve_origin(s)).min(1)     # (B,) the serve that showed nearest
             just = just_served(cc[:, :, BP]) & (dist < SERVE_MATCH_PX)
             j2, on_path = serve_of(cc, s)
             serve = torch.where(just[:, None], s[j], torch.where(on_path[:, None], s[j2], serve))
-        pres = cc[:, :, BP] > 0.5
+        pres = cca[:, :, BP] > 0.5                                             # (B, L)
         out = torch.cumprod((~pres).flip(1).long(), 1).sum(1).float()         # (B,) trailing frames without ball
-        seen = pres[:, :-1] & (out < K)[:, None]                               # a ball before the window's end
+        seen = pres[:, :-1] & (out < L)[:, None]                               # a ball before the window's end
+        rally = torch.zeros(B, dtype=torch.bool)
         if seen.any():                                                         # it went out: toward whom is the next?
-            last = (seen * torch.arange(1, K)).argmax(1)                       # (B,) the last frame with a ball
+            last = (seen * torch.arange(1, L)).argmax(1)                       # (B,) the last frame with a ball
             went = seen.any(1) & (out > 0)
-            serve[went] = self.next_serve(serve[went], cc[torch.arange(B), last, BX][went], gen)
+            if s.shape[1] > 4:                                                 # the rally's serve, if still on its path
+                pair = cca[torch.arange(B)[:, None], (last[:, None] + torch.arange(-1, 1)).clamp(min=0)]   # (B, 2, 7)
+                j3, rally = serve_of(pair, s)
+                rally &= went
+                serve = torch.where(rally[:, None], s[j3], serve)
+            serve[went] = self.next_serve(serve[went], cca[torch.arange(B), last, BX][went], gen)
         unknown = (r * (serve[:, 3] - K).clamp(min=1)).floor() + 1
-        timed = out < K
+        timed = out < L
         gk, gw = self.predictor.gap_keys.cpu(), self.predictor.gap_waits.cpu()
         if len(gw) >= GAP_NEIGHBOURS and gk.shape[1] == 2 * K:                 # (older checkpoints: no table, drawn)
             # A window without a ball waits as long as the training windows whose opponent climbed most alike did (their
@@ -757,12 +771,15 @@ class WorldModel(nn.Module):
             gs = self.predictor.gap_serves.cpu()
             if len(gs) == len(gw) and s.shape[1] > 4:                          # (older checkpoints: the serve drawn)
                 # ... and serves as most of them did: Pong serves again as it did in the last rally when the same side
-                # loses it, and where the opponent climbs from shows where that rally ended.
+                # loses it, and where the opponent climbs from shows where that rally ended. (A memory that saw the ball
+                # go out keeps the wait it tells.)
                 row = torch.cdist(gs, torch.cat([serve_origin(s), 2 * s[:, 1:3]], 1)).argmin(1)   # (M,) its serve's row
                 votes = near.float() @ F.one_hot(row, len(s)).float()          # (B, S)
-                serve = torch.where((out >= K)[:, None], s[votes.argmax(1)], serve)
+                vote = (out >= K) & ~rally
+                serve = torch.where(vote[:, None], torch.cat([s[votes.argmax(1)][:, :3], serve[:, 3:4],
+                                                               s[votes.argmax(1)][:, 4:]], 1), serve)
             timed = timed | (torch.where(near, gw, math.inf).amin(1) == torch.where(near, gw, -math.inf).amax(1))
-        wait = torch.where(out >= K, unknown, (serve[:, 3] - out + 1).clamp(min=1))
+        wait = torch.where(out >= L, unknown, (serve[:, 3] - out + 1).clamp(min=1))
         return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, timed.to(z.device))
 
     def _serves(self, n: int, gen: torch.Generator) -> torch.Tensor:

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 import world_model as W
+from evaluate import memory_rows
 from data.d4rl_frames import record
 from data.probe import probe
 
@@ -129,7 +130,7 @@ def test_the_next_point_is_served_as_the_rally_was_when_the_same_side_loses_it()
     late = [-0.025, 1.05, -0.8, 15.0, 42.3, 81.9, 48.0]                   # the same serve after a later exit
     wm.predictor.serves = torch.tensor([left] * 2 + [right] * 6 + [late] * 6)
     K, D = wm.context, wm.cfg.model.latent_dim
-    z = torch.zeros(4, K, D)
+    z = torch.zeros(5, K, D)
     z[:, :, W.BP] = 5.0                                                   # the ball in every frame
     t = torch.arange(K, dtype=torch.float32) + 5                          # 5..8 frames after the serve
     z[0, :, W.BX], z[0, :, W.BY] = 42.8 + 2.1 * t, 44.5 - 1.6 * t          # on the right serve's path
@@ -137,11 +138,14 @@ def test_the_next_point_is_served_as_the_rally_was_when_the_same_side_loses_it()
     z[2, :, W.BX], z[2, :, W.BY] = 42.8 + 2.1 * t, 34.5 - 1.6 * t          # right's speed, 10 rows off its path
     z[3, :, W.BX], z[3, :, W.BY] = 79.0 + 0.2 * t, 30.0 - 1.6 * t          # going right, no serve's speed
     z[3, -2:, W.BP] = -5.0                                                # ... and out past the paddle for two frames
+    z[4, :, W.BX], z[4, :, W.BY] = 42.8 + 2.1 * (t + 11), 44.5 - 1.6 * (t + 11)   # on its path, 16..19 frames on,
+    z[4, -2:, W.BP] = -5.0                                                # ... out past the player's paddle (x 80.6)
     dreams = [wm.start(z, seed=s) for s in range(40)]
     assert all(torch.equal(d.serve[0], torch.tensor(right)) and torch.equal(d.serve[1], torch.tensor(left))
                for d in dreams)
     assert {int(d.serve[2, 1] > 0) for d in dreams} == {0, 1}              # off every path: drawn
     assert all(d.serve[3, 1] > 0 for d in dreams)                          # it went out on the right: served there
+    assert all(torch.equal(d.serve[4, [0, 1, 2, 4, 6]], torch.tensor(right)[[0, 1, 2, 4, 6]]) for d in dreams)   # as the rally
     gen = torch.Generator().manual_seed(0)
     both = torch.tensor([right, right])
     nxt = wm.next_serve(both, torch.tensor([81.5, 2.0]), gen)              # the right side lost again / the left did
@@ -341,24 +345,27 @@ def test_near_walls_and_paddles_the_ball_takes_the_step_that_followed_the_most_s
 
 
 
+def ballless(data):
+    """The probe's coordinates (N, 7); ends of 4-frame windows without a ball that a serve follows; the wait; where
+    that serve showed."""
+    lab, ep = W.object_labels(probe(data.frames)), np.asarray(data.episode)
+    ends, waits, at = [], [], []
+    for i in range(3, len(lab) - 1):
+        if ep[i - 3] == ep[i] and not lab[i - 3:i + 1, W.BP].any():
+            j = i + 1
+            while j < len(lab) and ep[j] == ep[i] and not lab[j, W.BP]:
+                j += 1
+            if j < len(lab) and ep[j] == ep[i]:
+                ends.append(i), waits.append(j - i), at.append(lab[j, :2])
+    return lab, ep, np.array(ends), np.array(waits), np.array(at)
+
+
 def test_between_points_the_serve_is_timed_by_the_opponents_climb():
     """A window that shows no ball cannot count the frames since the point; Pong's opponent climbs at a steady pace
     between points, and a dream reads the wait off it (gap_waits). Given the wait table of one recording, dreams
     started from another recording's ball-less windows wait for the serve exactly as long as the real game did far
     more often than a uniform draw, and where the table's neighbours agree (the dream is then timed) mostly; and they
     serve where the real game served far more often than a serve drawn from those seen."""
-    def ballless(data):
-        """The probe's coordinates (N, 7); ends of 4-frame windows without a ball that a serve follows; the wait."""
-        lab, ep = W.object_labels(probe(data.frames)), np.asarray(data.episode)
-        ends, waits, at = [], [], []
-        for i in range(3, len(lab) - 1):
-            if ep[i - 3] == ep[i] and not lab[i - 3:i + 1, W.BP].any():
-                j = i + 1
-                while j < len(lab) and ep[j] == ep[i] and not lab[j, W.BP]:
-                    j += 1
-                if j < len(lab) and ep[j] == ep[i]:
-                    ends.append(i), waits.append(j - i), at.append(lab[j, :2])
-        return lab, ep, np.array(ends), np.array(waits), np.array(at)
     lab, ep, _, real_waits, real_at = ballless(record("Pong", steps=3000, seed=5, policy="random"))
     u, seen = W.serve_inputs(lab, ep)                                            # its serve inputs, the serves seen
     keys, waits, serves = W.gap_waits(lab, ep, u, 4)
@@ -382,6 +389,36 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
     near = {k: (np.hypot(*(W.serve_origin(d.serve).numpy() - oat).T) <= 2).mean() for k, d in (("drawn", drawn), ("table", table))}
     # Measured: 93 % of them within 2 px of where the real serve showed (drawn: 68 %).
     assert near["table"] > 0.85 and near["table"] > near["drawn"] + 0.15, near
+
+
+def test_a_memory_that_saw_the_ball_go_out_times_the_serve_exactly():
+    """Pong serves 15-16 frames after the ball was last seen, by where it was (next_serve): a dream whose window
+    shows no ball but whose memory (the 16 frames before it) saw the ball go out knows the wait. On another
+    recording's ball-less windows before a serve, with a memory it waits exactly as the real game did on nearly every
+    one (the opponent's climb alone: on fewer than half), and serves where the game did as often as the table alone."""
+    lab, ep, _, _, _ = ballless(record("Pong", steps=8000, seed=5, policy="random+tracker"))   # exits on both sides
+    u, seen = W.serve_inputs(lab, ep)
+    keys, waits, serves = W.gap_waits(lab, ep, u, 4)
+    data = record("Pong", steps=1500, seed=6, policy="random")
+    olab, oep, ends, real, oat = ballless(data)
+    wm = W.WorldModel(W.make_config([*W.SMALL_BUDGET]), 6)
+    wm.predictor.serves = torch.from_numpy(seen)
+    wm.predictor.gap_keys, wm.predictor.gap_waits = torch.from_numpy(keys), torch.from_numpy(waits)
+    wm.predictor.gap_serves = torch.from_numpy(serves)
+    rows, valid = memory_rows(data, ends - 3, 4, 16)                               # (B, 20), (B,)
+    c = torch.from_numpy(olab[rows])
+    z = torch.cat([c, torch.zeros(*c.shape[:2], wm.cfg.model.latent_dim - W.NC)], -1)
+    alone, remembered = wm.start(z[:, -4:]), wm.start(z, valid=valid)
+    saw = olab[rows, W.BP].astype(bool) & (np.arange(20) >= 20 - valid.numpy()[:, None])   # a ball in the real frames
+    out = saw.any(1)                                                              # the memory saw it go out
+    assert out.mean() > 0.8 and remembered.timed.numpy()[out].all()
+    hit = {k: (d.wait.numpy()[out] == real[out]).mean() for k, d in (("alone", alone), ("memory", remembered))}
+    # Measured: 100 % of the 355 windows whose memory saw the ball go out (of 369), 37 % without the memory.
+    assert hit["memory"] > 0.95 and hit["memory"] > hit["alone"] + 0.3, hit
+    near = {k: (np.hypot(*(W.serve_origin(d.serve).numpy()[out] - oat[out]).T) <= 2).mean()
+            for k, d in (("alone", alone), ("memory", remembered))}
+    assert near["memory"] >= near["alone"] - 0.02, near
+    assert torch.equal(wm.start(z, valid=torch.full_like(valid, 4)).wait, alone.wait)   # padding is no memory
 
 
 def test_a_ball_the_encoder_loses_in_play_is_put_back_and_one_that_went_out_is_not():

@@ -108,10 +108,18 @@ def test_rollout_windows_stay_in_one_episode_and_align_actions():
     data = FrameData(frames, (np.arange(len(ep)) % 6).astype(np.uint8), ep, None, "Pong", 6)  # uint8, as on disk
     s = spread_starts(data, 20, 50)
     assert (ep[s] == ep[s + 19]).all() and set(ep[s]) == {0, 2, 3}     # episode 1 is too short, the rest are used
-    _, acts, past = rollout_inputs(data, s, 4, 16)
+    ctx, acts, past, valid = rollout_inputs(data, s, 4, 16)
+    assert ctx.shape == (len(s), 4, 84, 84) and (valid == 4).all()
     assert (acts[:, 0].numpy() == data.actions[s + 3]).all()                # the action taken at the last context frame
     assert (past.numpy() == data.actions[s[:, None] + np.arange(3)]).all()
     assert (rollout_inputs(data, s, 4, 16, zero_actions=True)[1] == -1).all()
+    # The memory before each window: the 16 frames before it, none from another episode (the first frame repeated).
+    data.frames[:] = np.arange(len(ep), dtype=np.uint8)[:, None, None]      # each frame shows its index
+    ctx, _, _, valid = rollout_inputs(data, s, 4, 16, memory=16)
+    first = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])[ep[s]]          # each window's episode's first frame
+    assert ctx.shape == (len(s), 20, 84, 84) and (valid.numpy() == 4 + np.minimum(16, s - first)).all()
+    want = np.maximum(s[:, None] + np.arange(-16, 4), first[:, None])
+    assert (ctx[:, :, 0, 0].numpy() == want).all() and (valid < 20).any() and (valid == 20).any()
 
 
 def test_plausibility_and_panels(val_data):
