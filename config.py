@@ -37,6 +37,9 @@ class DataConfig:
     val_steps: int = 1000         # ale source: held-out frames, from separate episodes (val_seed)
     seed: int = 0                 # ale source: seed of the training recording (emulator no-ops and policy)
     val_seed: int = 1             # ale source: seed of the held-out recording; must differ from seed
+    table_steps: int = 10000      # ale source, Pong: frames of tracker play recorded only for the table of the ball's
+                                  # steps that dreams look up near walls and paddles (never trained on); 0: none
+    table_seed: int = 2           # ale source: seed of that recording; must differ from seed and val_seed
     policy: str = "random+tracker+sticky"  # ale source: who plays: random | tracker (returns the ball) | sticky (random
                                   # actions held ~8 steps: paddles at the walls) | a mix, equal shares
     val_fraction: float = 0.1     # dataset sources: share of whole episodes (the last ones) held out
@@ -213,6 +216,9 @@ class Config:
         d, t = self.data, self.train
         if d.source == "ale" and d.val_seed == d.seed:
             raise UsageError("data.val_seed must differ from data.seed: held-out episodes are never training episodes")
+        if d.source == "ale" and d.table_steps > 0 and d.table_seed in (d.seed, d.val_seed):
+            raise UsageError(f"data.table_seed={d.table_seed} must differ from data.seed and data.val_seed: the table's "
+                             f"episodes are neither training nor held-out episodes (or data.table_steps=0: no table frames)")
         if d.source == "ale" and d.game != "Pong" and "tracker" in d.policy.split("+"):
             raise UsageError(f"data.policy={d.policy}: the tracker reads Pong's RAM; use data.policy=random for {d.game}")
         if d.num_workers == 0 and (d.prefetch_factor is not None or d.persistent_workers):
@@ -249,7 +255,7 @@ class Config:
 _INT1, _POS, _NONNEG = ">= 1", "> 0", ">= 0"
 RULES: dict[str, object] = {
     "data.source": "text", "data.game": "text", "data.train_steps": _INT1, "data.val_steps": _INT1,
-    "data.seed": _NONNEG, "data.val_seed": _NONNEG, "data.policy": "policy", "data.val_fraction": "(0, 1)",
+    "data.seed": _NONNEG, "data.val_seed": _NONNEG, "data.table_steps": _NONNEG, "data.table_seed": _NONNEG, "data.policy": "policy", "data.val_fraction": "(0, 1)",
     "data.num_workers": _NONNEG, "data.prefetch_factor": "optional >= 1", "data.persistent_workers": "bool",
     "data.pin_memory": "bool",
     "model.latent_dim": f">= {NC + 1}", "model.width": "multiple of 8", "model.global_width": "multiple of 8",
@@ -417,7 +423,7 @@ def train_device(cfg: Config) -> torch.device:
 
 
 # A few seconds end to end: the tests and the notebook's WM_SMOKE=1 mode use it.
-SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "ae.steps=40", "pred.steps=40", "tune.steps=20", "model.width=16",
+SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "data.table_steps=300", "ae.steps=40", "pred.steps=40", "tune.steps=20", "model.width=16",
                 "model.hidden=64", "eval.rollout_frames=20", "eval.video_frames=20", "eval.val_every=20",
                 "eval.log_every=10", "heldout.steps=600", "heldout.horizon=20", "heldout.starts=16", "heldout.long_horizon=40",
                 "heldout.long_starts=2", "heldout.dream_steps=40", "heldout.dreams=2", "heldout.videos=1",

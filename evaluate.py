@@ -46,6 +46,9 @@ def heldout_data(wm: WorldModel, cfg: HeldoutConfig) -> FrameData:
     d = wm.cfg.data
     if d.source == "ale" and set(cfg.policy.split("+")) & set(d.policy.split("+")) and cfg.seed in (d.seed, d.val_seed):
         raise UsageError(f"eval seed {cfg.seed} is one of the training recording's seeds ({d.seed}, {d.val_seed})")
+    if d.source == "ale" and d.table_steps > 0 and "tracker" in cfg.policy.split("+") and cfg.seed == d.table_seed:
+        raise UsageError(f"eval seed {cfg.seed} is the seed of the frames the ball's table was recorded from "
+                         f"(data.table_seed): choose another heldout.seed")
     return record(wm.game, cfg.steps, cfg.seed, cfg.policy)
 
 

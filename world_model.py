@@ -1184,7 +1184,7 @@ class Latents:
     set (pred.latents_on_disk_above). Both give the same batches (tests/test_distributed.py)."""
 
     def __init__(self, wm: WorldModel, data: FrameData, folder: Path | None = None, chunk: int = 8192,
-                 labels: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, table: tuple[np.ndarray, np.ndarray] | None = None):
         self.wm, self.n, self.D = wm, len(data), wm.cfg.model.latent_dim
         self.z = self.u = self.labels = None
         if labels is not None:      # the probe's object_labels (N, 7) stand for the coordinates, the global code is 0
@@ -1210,7 +1210,8 @@ class Latents:
             u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, ue, wm.context))
             opps.append(opp_steps(c, ep))
         self.serves = np.concatenate(serves)
-        self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))   # the ball's steps seen
+        self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps + ([table] if table else [])))   # the
+        # ball's steps seen, and those of the frames recorded for the table (table_rows)
         self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
         rows, n = np.unique(np.concatenate([np.concatenate(x) for x in zip(*opps)], 1), axis=0, return_counts=True)
         self.opp_keys, self.opp_steps, self.opp_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)   # seen
@@ -1327,13 +1328,14 @@ class Unrolled(nn.Module):
 
 def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
                     run: "Run | None" = None, resume: dict | None = None, beside: "Beside | None" = None,
-                    probed: dict | None = None) -> tuple[WorldModel, list[dict]]:
+                    probed: dict | None = None, table: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[WorldModel, list[dict]]:
     """Loop 2, on windows that never cross an episode end, the encoder frozen. Its first phase, 'pred',
     reads pred.coords: the probe's positions of the objects in the recorded frames (Pong; no autoencoder
     needed: `beside` hands over the same phase run by a second process while loop 1 trained) or the
     encoder's latents. Then 'tune' goes on for tune.steps on the encoder's own latents: the global code
     (the score band), and the encoder's small errors, which dreams start from. `probed`: probe() of the
-    training frames, if already found."""
+    training frames, if already found; `table`: table_rows of frames recorded for the ball's step table."""
     torch.manual_seed(cfg.train.seed + 1)
     cfg.check_host()
     for prm in wm.ae.parameters():
@@ -1346,9 +1348,9 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     history = []
     try:
         # The encoder's latents first: while the phase beside loop 1 finishes, this process has a core to spare.
-        lat, vlat = Latents(wm, train, folder and folder / "train"), Latents(wm, val, folder and folder / "val")
+        lat, vlat = Latents(wm, train, folder and folder / "train", table=table), Latents(wm, val, folder and folder / "val")
         if at[0] == "pred" and on_probe and (beside is not None or at[1] < cfg.pred.steps):
-            history += fit_on_probe(cfg, wm, train, val, progress, run, resume if at[1] else None, beside, probed)
+            history += fit_on_probe(cfg, wm, train, val, progress, run, resume if at[1] else None, beside, probed, table)
             resume = None
         if at[0] == "pred" and not on_probe:
             history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
@@ -1375,7 +1377,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
 
 def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
                  run: "Run | None" = None, resume: dict | None = None, beside: "Beside | None" = None,
-                 probed: dict | None = None) -> list[dict]:
+                 probed: dict | None = None, table: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
     """Loop 2's first phase on the probe's coordinates of the recorded frames (object_labels), the global
     code 0 (it has no loss here: tune learns it). With `beside`, the result of the same phase from the
     second process: its predictor, its metric rows and a checkpoint, as if it had run here."""
@@ -1395,15 +1397,16 @@ def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, 
             run.checkpoint(wm, "pred", cfg.pred.steps, opt, sched, out["history"][-1]["val_loss"], out["best"])
         return out["history"]
     labels = object_labels(probe(train.frames) if probed is None else probed)
-    return _probe_phase(cfg, wm, train, val, labels, object_labels(probe(val.frames)), progress, run, resume)
+    return _probe_phase(cfg, wm, train, val, labels, object_labels(probe(val.frames)), progress, run, resume, table=table)
 
 
 def _probe_phase(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, labels: np.ndarray,
-                 vlabels: np.ndarray, progress: bool, run, resume: dict | None, state: dict | None = None) -> list[dict]:
+                 vlabels: np.ndarray, progress: bool, run, resume: dict | None, state: dict | None = None,
+                 table: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
     """fit_on_probe's training, here or in the process beside loop 1: object_labels (N, 7) of the training
     and held-out frames stand for the latents' coordinates, and the global code, 0, has no loss."""
     pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
-    return _train_predictor(pc, wm, train, val, Latents(wm, train, labels=labels), Latents(wm, val, labels=vlabels),
+    return _train_predictor(pc, wm, train, val, Latents(wm, train, labels=labels, table=table), Latents(wm, val, labels=vlabels),
                             progress, run, resume, pictures=False, state=state)
 
 
@@ -1440,10 +1443,12 @@ class Beside:
         self.child = FreshProcess("world_model", "_beside")
         self.peak_rss_mb = float("nan")
 
-    def send(self, cfg: Config, train: FrameData, val: FrameData, probed: dict) -> None:
-        """The phase's inputs: the config and the probe's labels, actions and episodes of both sets."""
+    def send(self, cfg: Config, train: FrameData, val: FrameData, probed: dict,
+             table: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """The phase's inputs: the config and the probe's labels, actions and episodes of both sets, and the table
+        frames' rows of the ball's steps (table_rows)."""
         parts = [(object_labels(p), d.actions, d.episode) for d, p in ((train, probed), (val, probe(val.frames)))]
-        self.child.send((cfg, train.game, train.num_actions, parts))
+        self.child.send((cfg, train.game, train.num_actions, parts, table))
 
     def result(self) -> dict:
         rc, folder = self.child.wait(), self.child.dir
@@ -1473,7 +1478,7 @@ def _beside() -> None:
     folder = child_folder()                            # Ctrl-C is the main process's: it stops this one
     os.environ.pop("WM_DIE_AT", None)                  # so is the crash-test hook
     try:
-        cfg, game, num_actions, parts = pickle.load(sys.stdin.buffer)
+        cfg, game, num_actions, parts, table = pickle.load(sys.stdin.buffer)
         torch.set_num_threads(1)
         torch.manual_seed(cfg.train.seed)                  # the predictor starts as train_autoencoder's WorldModel's
         wm = WorldModel(cfg, num_actions, game).to(train_device(cfg))
@@ -1483,7 +1488,7 @@ def _beside() -> None:
         train = FrameData(blank(len(lt)), at, et, None, game, num_actions)
         val = FrameData(blank(len(lv)), av, ev, None, game, num_actions)
         run, state = Later(), {}
-        history = _probe_phase(cfg, wm, train, val, lt, lv, False, run, None, state)
+        history = _probe_phase(cfg, wm, train, val, lt, lv, False, run, None, state, table)
         torch.save(dict(predictor=wm.predictor.state_dict(), rows=run.rows, history=history, rng=torch.get_rng_state(),
                         best=min(r["val_loss"] for r in history), peak_rss_mb=peak_rss_mb(), **state), folder / "out.tmp")
         os.replace(folder / "out.tmp", folder / "out.pt")
@@ -1586,13 +1591,28 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
 # ------------------------------------------------------------------------------------ pipeline and command line
 
 
-def load_data(cfg: Config) -> tuple[FrameData, FrameData]:
-    """(train, held-out) by data.source: recorded now from ALE with two seeds, or a dataset split by whole episodes."""
+def load_data(cfg: Config, table: bool = False) -> tuple[FrameData, ...]:
+    """(train, held-out) by data.source: recorded now from ALE with two seeds, or a dataset split by whole episodes.
+    With `table`, also the frames recorded only for the ball's step table (data.table_steps of tracker play, seed
+    data.table_seed; Pong from ALE only, else None), in the same recording processes: (train, held-out, table)."""
     d = cfg.data
     if d.source == "ale":
-        return tuple(record_sets([(d.game, d.train_steps, d.seed, d.policy), (d.game, d.val_steps, d.val_seed, d.policy)]))
+        sets = [(d.game, d.train_steps, d.seed, d.policy), (d.game, d.val_steps, d.val_seed, d.policy)]
+        more = table and d.table_steps > 0 and d.game == "Pong"
+        out = record_sets(sets + [(d.game, d.table_steps, d.table_seed, "tracker")] * more)
+        return (*out[:2], out[2] if more else None) if table else tuple(out)
     from data.d4rl_frames import load_source, split_episodes
-    return split_episodes(load_source(d.source, game=d.game), d.val_fraction)
+    return (*split_episodes(load_source(d.source, game=d.game), d.val_fraction), *[None] * table)
+
+
+def table_rows(data: FrameData | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ball's step table (ball_steps) of frames recorded only for it, from the probe's coordinates: keys (M, 9),
+    steps (M, 2); None without such frames. Dreams look up the ball's step near walls and paddles among these and the
+    training frames' windows: more windows of returned balls, nearer neighbours at a paddle's face."""
+    if data is None:
+        return None
+    c, ep = object_labels(probe(data.frames)), np.asarray(data.episode)
+    return tuple(np.concatenate(x) for x in zip(*[ball_steps(c[e], ep[e]) for e in data.episode_slices()]))
 
 
 def check_lengths(cfg: Config, train: FrameData, val: FrameData) -> None:
@@ -1635,7 +1655,7 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
                           and train_device(cfg).type == "cpu" and (os.cpu_count() or 1) >= 2
                           and rank_world()[1] == 1) else None
     try:
-        train, val = load_data(cfg)
+        train, val, table = load_data(cfg, table=True)
         check_lengths(cfg, train, val)
         if ckpt is not None and ckpt["num_actions"] != train.num_actions:
             raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
@@ -1647,8 +1667,9 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         if beside is not None and probed is None:      # not Pong's frames after all: loop 2 runs after loop 1
             beside.stop()
             beside = None
+        table = table_rows(table)                      # the ball step table's rows from the table frames
         if beside is not None:
-            beside.send(cfg, train, val, probed)
+            beside.send(cfg, train, val, probed, table)
         times["data"] = time.perf_counter() - t0
         if ckpt is None and main_rank:
             run = Run.create(cfg)
@@ -1663,7 +1684,7 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         peak = {"autoencoder": peak_rss_mb()}
         t = time.perf_counter()
         wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt, beside=beside,
-                                        probed=probed)
+                                        probed=probed, table=table)
     finally:
         if beside is not None:
             beside.stop()

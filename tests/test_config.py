@@ -11,6 +11,7 @@ import world_model as W
     (["ae.stepz=3"], "stepz"),
     (["ae.steps=many"], "ae.steps"),
     (["data.val_seed=0"], "val_seed must differ"),
+    (["data.table_seed=1"], "table_seed=1 must differ from data.seed and data.val_seed"),
     (["model.context=1"], "model.context=1 is not allowed: must be >= 2"),
     (["data.game=Breakout"], "the tracker reads Pong.s RAM; use data.policy=random for Breakout"),
     (["model.global_width=12"], "model.global_width=12 is not allowed: a positive multiple of 8"),
