@@ -423,7 +423,7 @@ def train_device(cfg: Config) -> torch.device:
 
 
 # A few seconds end to end: the tests and the notebook's WM_SMOKE=1 mode use it.
-SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "data.table_steps=300", "ae.steps=40", "pred.steps=40", "tune.steps=20", "model.width=16",
+SMALL_BUDGET = ("data.train_steps=400", "data.val_steps=300", "data.table_steps=0", "ae.steps=40", "pred.steps=40", "tune.steps=20", "model.width=16",
                 "model.hidden=64", "eval.rollout_frames=20", "eval.video_frames=20", "eval.val_every=20",
                 "eval.log_every=10", "heldout.steps=600", "heldout.horizon=20", "heldout.starts=16", "heldout.long_horizon=40",
                 "heldout.long_starts=2", "heldout.dream_steps=40", "heldout.dreams=2", "heldout.videos=1",
