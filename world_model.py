@@ -775,9 +775,9 @@ class WorldModel(nn.Module):
                 # go out keeps the wait it tells.)
                 row = torch.cdist(gs, torch.cat([serve_origin(s), 2 * s[:, 1:3]], 1)).argmin(1)   # (M,) its serve's row
                 votes = near.float() @ F.one_hot(row, len(s)).float()          # (B, S)
-                vote = (out >= K) & ~rally
-                serve = torch.where(vote[:, None], torch.cat([s[votes.argmax(1)][:, :3], serve[:, 3:4],
-                                                               s[votes.argmax(1)][:, 4:]], 1), serve)
+                voted = s[votes.argmax(1)]                                     # (B, 7), with the wait the memory told
+                voted[:, 3] = serve[:, 3]
+                serve = torch.where(((out >= K) & ~rally)[:, None], voted, serve)
             timed = timed | (torch.where(near, gw, math.inf).amin(1) == torch.where(near, gw, -math.inf).amax(1))
         wait = torch.where(out >= L, unknown, (serve[:, 3] - out + 1).clamp(min=1))
         return Dream(c, g, serve.to(z.device), wait.to(z.device), gen, timed.to(z.device))
