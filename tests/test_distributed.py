@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT
 
-TINY = ["data.train_steps=400", "data.val_steps=300", "model.width=16", "model.hidden=64", "eval.rollout_frames=20",
+TINY = ["data.train_steps=400", "data.val_steps=300", "data.table_steps=0", "model.width=16", "model.hidden=64", "eval.rollout_frames=20",
         "eval.video_frames=20", "eval.log_every=1"]
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 

@@ -30,10 +30,18 @@ def rows(path):
 
 # ae:25 kills the run while loop 2's first phase trains beside loop 1 (the resumed run trains it again, to the same
 # result); pred:15 kills it inside that phase where it runs in the main process (train.beside=false).
-@pytest.mark.parametrize("die_at, extra", [("ae:25", []), ("pred:15", ["train.beside=false"]), ("tune:15", [])])
-def test_killed_run_resumes_to_the_same_result(tmp_path, die_at, extra):
-    ref = cli(*FAST, f"experiment.out_dir={tmp_path}/ref", f"experiment.assets_dir={tmp_path}/a1", tmp=tmp_path)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run every killed and resumed run must reproduce, trained once for all of them."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    ref = cli(*FAST, f"experiment.out_dir={tmp}/ref", f"experiment.assets_dir={tmp}/a1", tmp=tmp)
     assert ref.returncode == 0, ref.stderr[-2000:]
+    (run,) = (tmp / "ref").iterdir()
+    return run
+
+
+@pytest.mark.parametrize("die_at, extra", [("ae:25", []), ("pred:15", ["train.beside=false"]), ("tune:15", [])])
+def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted, die_at, extra):
     killed = cli(*FAST, *extra, f"experiment.out_dir={tmp_path}/k", f"experiment.assets_dir={tmp_path}/a2",
                  env={"WM_DIE_AT": die_at}, tmp=tmp_path)
     assert killed.returncode == -9                                   # SIGKILL: no clean-up ran
@@ -44,7 +52,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, die_at, extra):
     assert (phase, str(int(step))) in [(r["phase"], r["step"]) for r in rows(run / "metrics.csv")]
     res = cli("--resume", str(run), tmp=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    (ref_run,) = (tmp_path / "ref").iterdir()
+    ref_run = uninterrupted
     # Same step count and, on CPU with the same seed, the same losses, row for row.
     assert rows(run / "metrics.csv") == rows(ref_run / "metrics.csv")
     assert rows(run / "val_metrics.csv") == rows(ref_run / "val_metrics.csv")
