@@ -62,6 +62,7 @@ CENTRE = (42.0, 45.0)                      # where an absent ball's coordinates 
 # it, where the ball was last seen before those, and the opponent's centre when it showed (Pong puts it mid-field).
 SERVE_COLS = ("y0", "vx/2", "vy/2", "gap", "x0", "x_out", "opponent_y")
 SERVE_MATCH_PX = 1.0                       # a just-served ball this near a training serve's first position flies as it did
+PHASE_FRAMES = 16                          # a serve's frame phase is read from up to this many frames of its path (serve_of)
 MIDFIELD = (14, 68)                        # the ball's x away from the paddles: it flies straight there, it turns only beyond
 
 
@@ -321,6 +322,10 @@ class Predictor(nn.Module):
         # Pong's ball moves at a few speeds only: snapped to the nearest, the base no longer carries the
         # encoder's ~0.1 px noise forward (it grew by that every step of a dream).
         v = snap_speed(v, self.speeds)
+        # Past a paddle's face and flying out, the ball keeps one of Pong's x speeds, whatever its last step (a table
+        # step at the face can be short, and a short step carried on had the dream's ball leave up to 4 frames late).
+        out = ((x0[:, 0] > FACES[1] + 2) & (v[:, 0] > 0)) | ((x0[:, 0] < FACES[0] - 2) & (v[:, 0] < 0))
+        v = torch.where(out[:, None] & self.xcol, snap_speed(v[:, 0], self.speeds[0], math.inf)[:, None], v)
         # At a paddle's face (the step would carry the ball past the column where Pong turns it, and it is not
         # past it yet) the turn logit decides: back at its speed, or on.
         xv = x0[:, 0] + v[:, 0]
@@ -579,20 +584,32 @@ def serve_origin(serves: torch.Tensor) -> torch.Tensor:
     return torch.stack([serves[..., 4], serves[..., 0] * Predictor.SCALE + CENTRE[1]], -1)
 
 
-def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """The serve whose straight path from the centre a window's ball is on. c (B, K, 7) coordinates with
+def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2, frames: int = PHASE_FRAMES
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The serve whose straight path from the centre a window's ball is on. c (B, L, 7) coordinates with
     presence 0/1, serves (S, >= 5) SERVE_COLS -> index (B,) into serves and whether one matched (B,). A
     ball in its last two frames matches a serve when its step is the serve's (within 0.5 px in x and y)
     and its position is on the serve's line (within px in y where its x is): a serve's ball flies
     straight until a paddle or a wall turns it (Pong serves from x ~ 42 and goes out past a paddle after
-    ~19 frames)."""
+    ~19 frames). Of those that match, the one whose frame phase fits: the ball flies a whole number of
+    x-steps from where its serve showed, and Pong shows each kind of serve at up to three places ~0.5 px
+    apart along its line, which the line cannot tell apart (the next point's serve repeats the rally's, and a
+    serve shown 0.6 px off puts the dream a frame early). The phase is read from up to `frames` frames of
+    the ball flying that way in x, up to the last (0: the line alone)."""
     o, v = serve_origin(serves), 2 * serves[:, 1:3]                            # (S, 2) each
     xy, step = c[:, -1, :BP], c[:, -1, :BP] - c[:, -2, :BP]                    # (B, 2) each
     k = (xy[:, :1] - o[:, 0]) / v[:, 0]                                        # (B, S) frames since that serve
     dy = (xy[:, 1:] - (o[:, 1] + v[:, 1] * k)).abs()
     dv = (step[:, None] - v).abs()                                             # (B, S, 2)
     ok = (k > 0) & (dy < px) & (dv < 0.5).all(-1) & (c[:, -2:, BP] > 0.5).all(1, keepdim=True)
-    j = torch.where(ok, dy + dv.sum(-1), torch.full_like(dy, math.inf)).argmin(1)
+    w = c[:, -max(frames, 1):]                                                 # (B, m, 7)
+    shown = w[:, :, BP] > 0.5
+    way = shown[:, 1:] & shown[:, :-1] & ((w[:, 1:, BX] - w[:, :-1, BX]) * step[:, :1] > 0)   # (B, m - 1)
+    run = torch.cumprod(way.flip(1).long(), 1).flip(1)                         # 1: flying that way up to the last
+    use = torch.cat([run, torch.ones_like(run[:, :1])], 1).to(c.dtype)         # (B, m) the last frame, and those
+    kk = (w[:, :, BX, None] - o[:, 0]) / v[:, 0]                               # (B, m, S)
+    phase = ((kk - kk.round()).abs() * use[..., None]).sum(1) / use.sum(1, keepdim=True) * v[:, 0].abs() * (frames > 0)
+    j = torch.where(ok, phase + 0.01 * (dy + dv.sum(-1)), torch.full_like(dy, math.inf)).argmin(1)
     return j, ok.any(1)
 
 
@@ -742,7 +759,7 @@ class WorldModel(nn.Module):
         if s.shape[1] > 4:                                                     # older checkpoints: no x0, drawn
             dist, j = torch.cdist(cc[:, -1, :BP], serve_origin(s)).min(1)     # (B,) the serve that showed nearest
             just = just_served(cc[:, :, BP]) & (dist < SERVE_MATCH_PX)
-            j2, on_path = serve_of(cc, s)
+            j2, on_path = serve_of(cca, s)
             serve = torch.where(just[:, None], s[j], torch.where(on_path[:, None], s[j2], serve))
         pres = cca[:, :, BP] > 0.5                                             # (B, L)
         out = torch.cumprod((~pres).flip(1).long(), 1).sum(1).float()         # (B,) trailing frames without ball
@@ -752,8 +769,8 @@ class WorldModel(nn.Module):
             last = (seen * torch.arange(1, L)).argmax(1)                       # (B,) the last frame with a ball
             went = seen.any(1) & (out > 0)
             if s.shape[1] > 4:                                                 # the rally's serve, if still on its path
-                pair = cca[torch.arange(B)[:, None], (last[:, None] + torch.arange(-1, 1)).clamp(min=0)]   # (B, 2, 7)
-                j3, rally = serve_of(pair, s)
+                path = cca[torch.arange(B)[:, None], (last[:, None] + torch.arange(1 - PHASE_FRAMES, 1)).clamp(min=0)]
+                j3, rally = serve_of(path, s)                                  # (B, PHASE_FRAMES, 7) up to the last ball
                 rally &= went
                 serve = torch.where(rally[:, None], s[j3], serve)
             serve[went] = self.next_serve(serve[went], cca[torch.arange(B), last, BX][went], gen)
