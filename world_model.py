@@ -326,7 +326,7 @@ class Predictor(nn.Module):
         # step at the face can be short, and a short step carried on had the dream's ball leave up to 4 frames late).
         # Outside training only, as the table: in training it raised the held-out one-step loss (0.72 -> 0.81).
         if not self.training:
-            out = ((x0[:, 0] > FACES[1] + 2) & (v[:, 0] > 0)) | ((x0[:, 0] < FACES[0] - 2) & (v[:, 0] < 0))
+            out = flying_out(x0[:, 0], v[:, 0])
             v = torch.where(out[:, None] & self.xcol, snap_speed(v[:, 0], self.speeds[0], math.inf)[:, None], v)
         # At a paddle's face (the step would carry the ball past the column where Pong turns it, and it is not
         # past it yet) the turn logit decides: back at its speed, or on.
@@ -396,6 +396,11 @@ STEP_NEAR = 3.0                            # ... if all are this near (in the ke
 LEVEL_PX = 0.8                             # Pong's vertical speeds are 0, 1.6, 3.2 px; the encoder's jitter ~0.4
 
 
+def flying_out(x: torch.Tensor, vx: torch.Tensor) -> torch.Tensor:
+    """A ball at x (...) moving vx (...) a step is past a paddle's face (2 px beyond it) and flying out of play."""
+    return ((x > FACES[1] + 2) & (vx > 0)) | ((x < FACES[0] - 2) & (vx < 0))
+
+
 def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The last three frames' coordinates (..., 3, 7), presence 0/1 -> the ball's key (..., 9), weighted by
     STEP_KEY, and whether the ball shows in all three (..., )."""
@@ -409,7 +414,7 @@ def ball_key(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                        (FACES[1] - xl).clamp(-4, 12), torch.where(near, (yl - pad).clamp(-12, 12), 0 * yl)], -1)
     # In open midfield the ball flies on at a snapped speed; past a paddle's face it flies on out (a table of steps
     # to frames that still show the ball has none that leave).
-    past = ((xl > FACES[1] + 2) & (v1x > 0)) | ((xl < FACES[0] - 2) & (v1x < 0))
+    past = flying_out(xl, v1x)
     # A level flight (both vertical steps under LEVEL_PX) meets no wall: near one it flies on by the rules, as in
     # midfield (the few recorded level windows near a wall had left it the neighbours' 1.6-px steps, off by 2 px).
     level = (v1y.abs() < LEVEL_PX) & (v2y.abs() < LEVEL_PX)
@@ -608,9 +613,10 @@ def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2, frames: int
     shown = w[:, :, BP] > 0.5
     way = shown[:, 1:] & shown[:, :-1] & ((w[:, 1:, BX] - w[:, :-1, BX]) * step[:, :1] > 0)   # (B, m - 1)
     run = torch.cumprod(way.flip(1).long(), 1).flip(1)                         # 1: flying that way up to the last
-    use = torch.cat([run, torch.ones_like(run[:, :1])], 1).to(c.dtype)         # (B, m) the last frame, and those
-    kk = (w[:, :, BX, None] - o[:, 0]) / v[:, 0]                               # (B, m, S)
-    phase = ((kk - kk.round()).abs() * use[..., None]).sum(1) / use.sum(1, keepdim=True) * v[:, 0].abs() * (frames > 0)
+    use = torch.cat([run, run.new_ones(len(c), 1)], 1).to(c.dtype)             # (B, m) the last frame, and those
+    kk = (w[:, :, BX, None] - o[:, 0]) / v[:, 0]                               # (B, m, S) frames since each serve
+    phase = ((kk - kk.round()).abs() * use[..., None]).sum(1) / use.sum(1, keepdim=True) * v[:, 0].abs()   # (B, S) px
+    phase = phase if frames > 0 else torch.zeros_like(phase)
     j = torch.where(ok, phase + 0.01 * (dy + dv.sum(-1)), torch.full_like(dy, math.inf)).argmin(1)
     return j, ok.any(1)
 
