@@ -62,6 +62,34 @@ def test_margin_loss_punishes_ball_bright_paddles_and_dim_balls(val_data):
     assert margin_term(dim) > base + c.margin_weight * (m + 0.05) ** 2 / 84 ** 2 * 0.99
 
 
+def test_the_peak_term_at_bright_pixels_is_max_pool2d_over_whole_frames(val_data):
+    """pixel_loss's 3x3 peak term is found only where it can be nonzero; its value and its gradient are those of
+    max_pool2d over whole frames (the gradient to each window's first maximum), on real frames with a blurred,
+    noisy reconstruction (ties, a ball smeared dim, ghosts) and the walls' exact background."""
+    import torch.nn.functional as F
+    frames = val_data.frames[:32]
+    c = W.make_config([]).ae
+    target = torch.from_numpy(frames).float() / 255
+    blur = F.avg_pool2d(target[:, None], 3, 1, 1)[:, 0]
+    recon0 = torch.where(torch.rand(32, 84, 84) < 0.5, blur, target) + 0.05 * torch.randn(32, 84, 84).round()
+    recon0[:, 40:44] = target[:, 40:44]                                       # exact rows: no error there
+
+    def whole(recon):                                                       # the term as max_pool2d gives it
+        pr, pt = F.max_pool2d(recon[:, None], 3, 1, 1), F.max_pool2d(target[:, None], 3, 1, 1)
+        pb = ((pt > c.bright_threshold) | (pr.detach() > c.bright_threshold)).float()
+        return c.peak_weight * (pb * (pr - pt) ** 2).mean()
+
+    grads = []
+    for term in (whole, lambda r: c.peak_weight * W.peak_term(r, target, c.bright_threshold)):
+        r = recon0.clone().requires_grad_(True)
+        value = term(r)
+        value.backward()
+        grads.append((value.item(), r.grad))
+    (v0, g0), (v1, g1) = grads
+    assert v0 > 1e-3 and v1 == pytest.approx(v0, rel=1e-4)
+    assert (g0 != 0).sum() > 100 and torch.allclose(g1, g0, rtol=1e-4, atol=1e-9)
+
+
 def test_the_score_band_starts_as_the_background_and_its_error_weighs_more(val_data):
     """A fresh autoencoder paints nothing over the median frame's score band (random paint was grain that
     training never washed out), and grain there, mostly too faint to count as foreground, costs band_weight
