@@ -297,12 +297,6 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> str:
     return "; ".join(out[:3])
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (MB): read at each phase's end, it bounds that phase."""
-    import resource
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)      # macOS reports bytes, Linux KB
-
 # ------------------------------------------------------------------------------------ the loops' bookkeeping
 
 

@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 from config import (NC, PHASES, SMALL_BUDGET, AEConfig, Config, DataConfig, EvalConfig, ExperimentConfig,  # noqa: F401
                     HeldoutConfig, ModelConfig, OptimConfig, PredConfig, TrainConfig, WandbConfig, make_config,
                     pick_device, show_config, train_device)
-from data import Parser, UsageError
-from data.d4rl_frames import FrameData, record_sets
+from data import Parser, UsageError, peak_rss_mb
+from data.d4rl_frames import FrameData, Recording, record_sets
 from data.probe import (BACKGROUND, BALL_LAST_X, BALL_MIN, BALL_SPEEDS, BALL_X_RANGE, BALL_Y_RANGE, DOWN_ACTIONS, FACES, PADDLE_COLS, PADDLE_ROWS,
                         PLAYFIELD, UP_ACTIONS, object_agreement, probe, returned_ball)
 from hardware import Precision, data_parallel, my_part, one_thread, rank_world, shared, start_distributed
 from outputs import (Meter, Run, checkpoint_config, end_of_step, evenly, latest_checkpoint,  # noqa: F401 (W.*)
-                     panels, peak_rss_mb, read_checkpoint, restore, strip, which_checkpoint, write_checkpoint)
+                     panels, read_checkpoint, restore, strip, which_checkpoint, write_checkpoint)
 
 
 # ------------------------------------------------------------------------------------ models
@@ -1236,7 +1236,7 @@ class Latents:
     set (pred.latents_on_disk_above). Both give the same batches (tests/test_distributed.py)."""
 
     def __init__(self, wm: WorldModel, data: FrameData, folder: Path | None = None, chunk: int = 8192,
-                 labels: np.ndarray | None = None, table: tuple[np.ndarray, np.ndarray] | None = None):
+                 labels: np.ndarray | None = None):
         self.wm, self.n, self.D = wm, len(data), wm.cfg.model.latent_dim
         self.z = self.u = self.labels = None
         if labels is not None:      # the probe's object_labels (N, 7) stand for the coordinates, the global code is 0
@@ -1262,8 +1262,7 @@ class Latents:
             u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, ue, wm.context))
             opps.append(opp_steps(c, ep))
         self.serves = np.concatenate(serves)
-        self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps + ([table] if table else [])))   # the
-        # ball's steps seen, and those of the frames recorded for the table (table_rows)
+        self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))           # the ball's steps seen
         self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
         rows, n = np.unique(np.concatenate([np.concatenate(x) for x in zip(*opps)], 1), axis=0, return_counts=True)
         self.opp_keys, self.opp_steps, self.opp_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)   # seen
@@ -1387,7 +1386,8 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     needed: `beside` hands over the same phase run by a second process while loop 1 trained) or the
     encoder's latents. Then 'tune' goes on for tune.steps on the encoder's own latents: the global code
     (the score band), and the encoder's small errors, which dreams start from. `probed`: probe() of the
-    training frames, if already found; `table`: table_rows of frames recorded for the ball's step table."""
+    training frames, if already found; `table`: table_rows of frames recorded for the ball's step table, added to
+    the trained predictor (add_table)."""
     torch.manual_seed(cfg.train.seed + 1)
     cfg.check_host()
     for prm in wm.ae.parameters():
@@ -1400,9 +1400,9 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
     history = []
     try:
         # The encoder's latents first: while the phase beside loop 1 finishes, this process has a core to spare.
-        lat, vlat = Latents(wm, train, folder and folder / "train", table=table), Latents(wm, val, folder and folder / "val")
+        lat, vlat = Latents(wm, train, folder and folder / "train"), Latents(wm, val, folder and folder / "val")
         if at[0] == "pred" and on_probe and (beside is not None or at[1] < cfg.pred.steps):
-            history += fit_on_probe(cfg, wm, train, val, progress, run, resume if at[1] else None, beside, probed, table)
+            history += fit_on_probe(cfg, wm, train, val, progress, run, resume if at[1] else None, beside, probed)
             resume = None
         if at[0] == "pred" and not on_probe:
             history += _train_predictor(cfg, wm, train, val, lat, vlat, progress, run, resume)
@@ -1418,6 +1418,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
                 weights = dict(wm.named_parameters())
                 run.restamp(wm, [k for k in wm.state_dict() if k.startswith("predictor.") and k not in weights]
                             + ["predictor.gp.weight"])
+        add_table(wm, table, run)
         return wm.eval(), history
     finally:
         for x in (lat, vlat):
@@ -1429,7 +1430,7 @@ def train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDat
 
 def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, progress: bool = True,
                  run: "Run | None" = None, resume: dict | None = None, beside: "Beside | None" = None,
-                 probed: dict | None = None, table: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+                 probed: dict | None = None) -> list[dict]:
     """Loop 2's first phase on the probe's coordinates of the recorded frames (object_labels), the global
     code 0 (it has no loss here: tune learns it). With `beside`, the result of the same phase from the
     second process: its predictor, its metric rows and a checkpoint, as if it had run here."""
@@ -1449,16 +1450,16 @@ def fit_on_probe(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, 
             run.checkpoint(wm, "pred", cfg.pred.steps, opt, sched, out["history"][-1]["val_loss"], out["best"])
         return out["history"]
     labels = object_labels(probe(train.frames) if probed is None else probed)
-    return _probe_phase(cfg, wm, train, val, labels, object_labels(probe(val.frames)), progress, run, resume, table=table)
+    return _probe_phase(cfg, wm, train, val, labels, object_labels(probe(val.frames)), progress, run, resume)
 
 
 def _probe_phase(cfg: Config, wm: WorldModel, train: FrameData, val: FrameData, labels: np.ndarray,
-                 vlabels: np.ndarray, progress: bool, run, resume: dict | None, state: dict | None = None,
-                 table: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+                 vlabels: np.ndarray, progress: bool, run, resume: dict | None, state: dict | None = None
+                 ) -> list[dict]:
     """fit_on_probe's training, here or in the process beside loop 1: object_labels (N, 7) of the training
     and held-out frames stand for the latents' coordinates, and the global code, 0, has no loss."""
     pc = replace(cfg, pred=replace(cfg.pred, global_weight=0.0, noise_global=0.0))
-    return _train_predictor(pc, wm, train, val, Latents(wm, train, labels=labels, table=table), Latents(wm, val, labels=vlabels),
+    return _train_predictor(pc, wm, train, val, Latents(wm, train, labels=labels), Latents(wm, val, labels=vlabels),
                             progress, run, resume, pictures=False, state=state)
 
 
@@ -1495,12 +1496,10 @@ class Beside:
         self.child = FreshProcess("world_model", "_beside")
         self.peak_rss_mb = float("nan")
 
-    def send(self, cfg: Config, train: FrameData, val: FrameData, probed: dict,
-             table: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """The phase's inputs: the config and the probe's labels, actions and episodes of both sets, and the table
-        frames' rows of the ball's steps (table_rows)."""
+    def send(self, cfg: Config, train: FrameData, val: FrameData, probed: dict) -> None:
+        """The phase's inputs: the config and the probe's labels, actions and episodes of both sets."""
         parts = [(object_labels(p), d.actions, d.episode) for d, p in ((train, probed), (val, probe(val.frames)))]
-        self.child.send((cfg, train.game, train.num_actions, parts, table))
+        self.child.send((cfg, train.game, train.num_actions, parts))
 
     def result(self) -> dict:
         rc, folder = self.child.wait(), self.child.dir
@@ -1530,7 +1529,7 @@ def _beside() -> None:
     folder = child_folder()                            # Ctrl-C is the main process's: it stops this one
     os.environ.pop("WM_DIE_AT", None)                  # so is the crash-test hook
     try:
-        cfg, game, num_actions, parts, table = pickle.load(sys.stdin.buffer)
+        cfg, game, num_actions, parts = pickle.load(sys.stdin.buffer)
         torch.set_num_threads(1)
         torch.manual_seed(cfg.train.seed)                  # the predictor starts as train_autoencoder's WorldModel's
         wm = WorldModel(cfg, num_actions, game).to(train_device(cfg))
@@ -1540,7 +1539,7 @@ def _beside() -> None:
         train = FrameData(blank(len(lt)), at, et, None, game, num_actions)
         val = FrameData(blank(len(lv)), av, ev, None, game, num_actions)
         run, state = Later(), {}
-        history = _probe_phase(cfg, wm, train, val, lt, lv, False, run, None, state, table)
+        history = _probe_phase(cfg, wm, train, val, lt, lv, False, run, None, state)
         torch.save(dict(predictor=wm.predictor.state_dict(), rows=run.rows, history=history, rng=torch.get_rng_state(),
                         best=min(r["val_loss"] for r in history), peak_rss_mb=peak_rss_mb(), **state), folder / "out.tmp")
         os.replace(folder / "out.tmp", folder / "out.pt")
@@ -1643,15 +1642,21 @@ def _train_predictor(cfg: Config, wm: WorldModel, train: FrameData, val: FrameDa
 # ------------------------------------------------------------------------------------ pipeline and command line
 
 
+def table_sets(cfg: Config) -> list[tuple[str, int, int, str]]:
+    """What to record for the ball's step table only (record_sets): data.table_steps of tracker play, seed
+    data.table_seed; Pong from ALE only, else nothing."""
+    d = cfg.data
+    return [(d.game, d.table_steps, d.table_seed, "tracker")] if d.source == "ale" and d.table_steps > 0 and d.game == "Pong" else []
+
+
 def load_data(cfg: Config, table: bool = False) -> tuple[FrameData, ...]:
     """(train, held-out) by data.source: recorded now from ALE with two seeds, or a dataset split by whole episodes.
-    With `table`, also the frames recorded only for the ball's step table (data.table_steps of tracker play, seed
-    data.table_seed; Pong from ALE only, else None), in the same recording processes: (train, held-out, table)."""
+    With `table`, also the frames recorded only for the ball's step table (table_sets; else None), in the same
+    recording processes: (train, held-out, table). (The pipeline records those later, beside loop 2: Recording.)"""
     d = cfg.data
     if d.source == "ale":
-        sets = [(d.game, d.train_steps, d.seed, d.policy), (d.game, d.val_steps, d.val_seed, d.policy)]
-        more = table and d.table_steps > 0 and d.game == "Pong"
-        out = record_sets(sets + [(d.game, d.table_steps, d.table_seed, "tracker")] * more)
+        more = table_sets(cfg) if table else []
+        out = record_sets([(d.game, d.train_steps, d.seed, d.policy), (d.game, d.val_steps, d.val_seed, d.policy), *more])
         return (*out[:2], out[2] if more else None) if table else tuple(out)
     from data.d4rl_frames import load_source, split_episodes
     return (*split_episodes(load_source(d.source, game=d.game), d.val_fraction), *[None] * table)
@@ -1665,6 +1670,21 @@ def table_rows(data: FrameData | None) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     c, ep = object_labels(probe(data.frames)), np.asarray(data.episode)
     return tuple(np.concatenate(x) for x in zip(*[ball_steps(c[e], ep[e]) for e in data.episode_slices()]))
+
+
+def add_table(wm: WorldModel, table: tuple[np.ndarray, np.ndarray] | None, run: "Run | None" = None) -> None:
+    """Appends table_rows of the frames recorded for the ball's step table to the predictor's steps seen (after the
+    training windows', which are all that validation during training looks up), once (a resumed run's checkpoint may
+    hold them already), and into the run's checkpoints."""
+    if table is None or not len(table[0]):
+        return
+    p = wm.predictor
+    keys, steps = (torch.from_numpy(x).to(p.step_keys) for x in table)
+    n = len(keys)
+    if not (len(p.step_keys) >= n and torch.equal(p.step_keys[-n:], keys) and torch.equal(p.steps[-n:], steps)):
+        p.step_keys, p.steps = torch.cat([p.step_keys, keys]), torch.cat([p.steps, steps])
+    if run is not None:
+        run.restamp(wm, ["predictor.step_keys", "predictor.steps"])
 
 
 def check_lengths(cfg: Config, train: FrameData, val: FrameData) -> None:
@@ -1706,8 +1726,9 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
     beside = Beside() if (loop1 and cfg.pred.coords == "probe" and cfg.data.game == "Pong" and cfg.train.beside
                           and train_device(cfg).type == "cpu" and (os.cpu_count() or 1) >= 2
                           and rank_world()[1] == 1) else None
+    table = None                                     # the step table's frames, recorded beside loop 2
     try:
-        train, val, table = load_data(cfg, table=True)
+        train, val = load_data(cfg)
         check_lengths(cfg, train, val)
         if ckpt is not None and ckpt["num_actions"] != train.num_actions:
             raise UsageError(f"the run's model has {ckpt['num_actions']} actions but {cfg.data.source} data of "
@@ -1719,9 +1740,12 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         if beside is not None and probed is None:      # not Pong's frames after all: loop 2 runs after loop 1
             beside.stop()
             beside = None
-        table = table_rows(table)                      # the ball step table's rows from the table frames
         if beside is not None:
-            beside.send(cfg, train, val, probed, table)
+            beside.send(cfg, train, val, probed)
+        # The ball's step table's frames, recorded in a process of their own at the lowest priority: it runs where
+        # training leaves a core idle (loop 2's tuning phase trains on one thread; on a GPU the CPU idles), and the
+        # table joins the model at the end of loop 2 (recorded with the training frames, they cost the run ~5 s).
+        table = Recording(table_sets(cfg)) if table_sets(cfg) and main_rank else None
         times["data"] = time.perf_counter() - t0
         if ckpt is None and main_rank:
             run = Run.create(cfg)
@@ -1736,14 +1760,19 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         peak = {"autoencoder": peak_rss_mb()}
         t = time.perf_counter()
         wm, pred_hist = train_predictor(cfg, wm, train, val, progress=progress, run=run, resume=ckpt, beside=beside,
-                                        probed=probed, table=table)
+                                        probed=probed)
+        if table is not None:
+            add_table(wm, table_rows(table.result()[0]), run)
     finally:
-        if beside is not None:
-            beside.stop()
+        for x in (beside, table):
+            if x is not None:
+                x.stop()
     times["predictor"] = time.perf_counter() - t       # beside loop 1: what it took after loop 1 ended
     peak["predictor"] = peak_rss_mb()
     if beside is not None:
         peak["beside"] = beside.peak_rss_mb
+    if table is not None:
+        peak["table"] = table.peak_rss_mb
     if not main_rank:
         return {"rank": rank_world()[0], "times_s": times}
     t = time.perf_counter()

@@ -1,5 +1,6 @@
 """Frame sources for the world model (see data/d4rl_frames.py), and the errors users can fix."""
 import argparse
+import sys
 
 
 class UsageError(ValueError):
@@ -16,3 +17,10 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB): read at each phase's end, it bounds that phase."""
+    import resource
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)      # macOS reports bytes, Linux KB

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data import MissingInput, Parser, UsageError
+from data import MissingInput, Parser, UsageError, peak_rss_mb
 from data.formats import (CHECKSUM, FIELDS, FORMAT, FRAME_SHAPE, VERSION, DiskFrames, read_d4rl, read_manifest,
                           read_predecessor, read_shards, write_json, write_shard)
 
@@ -350,6 +350,38 @@ def record_sets(sets: list[tuple[str, int, int, str]], workers: int | None = Non
     return [out[a] if b - a == 1 else concat(out[a:b]) for a, b in zip(ends[:-1], ends[1:])]
 
 
+class Recording:
+    """record_sets(sets) in one process of its own, started now at the lowest CPU priority (nice 19), for frames
+    needed later: it runs where training leaves a core idle. result() waits for it and returns the recordings;
+    stop() ends it."""
+
+    def __init__(self, sets: list[tuple[str, int, int, str]]):
+        self.jobs = [_parts(*s) for s in sets]
+        for game, _, _, policy in (p for ps in self.jobs for p in ps):     # a wrong name: one line, before it starts
+            make_policy(policy, game, num_actions_of(game))
+        self.child = FreshProcess("data.d4rl_frames", "_helper", quiet=True)
+        try:
+            if hasattr(os, "setpriority"):
+                os.setpriority(os.PRIO_PROCESS, self.child.proc.pid, 19)
+            self.child.send([p for ps in self.jobs for p in ps])
+        except BaseException:
+            self.child.stop()
+            raise
+
+    def result(self) -> list[FrameData]:
+        """The recordings (it waits for them); peak_rss_mb is then the recording process's peak memory."""
+        try:
+            out = _recorded(self.child)
+            self.peak_rss_mb = float((self.child.dir / "peak_rss_mb.txt").read_text())
+        finally:
+            self.child.stop()
+        ends = np.cumsum([0] + [len(ps) for ps in self.jobs])
+        return [out[a] if b - a == 1 else concat(out[a:b]) for a, b in zip(ends[:-1], ends[1:])]
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
 def _recorded(child: "FreshProcess") -> list[FrameData]:
     """What a _helper process recorded (it has ended)."""
     import pickle
@@ -365,6 +397,7 @@ def _helper() -> None:
     import pickle
     folder = child_folder()
     out = [_record_part(*p) for p in pickle.load(sys.stdin.buffer)]
+    (folder / "peak_rss_mb.txt").write_text(f"{peak_rss_mb():.1f}")
     with open(folder / "out.tmp", "wb") as fh:
         pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(folder / "out.tmp", folder / "out.pkl")

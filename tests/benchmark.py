@@ -52,9 +52,10 @@ def train(overrides: list[str], seed: int, out: Path) -> dict:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
     (run,) = Path(out, "runs").iterdir()
     s = json.loads((run / "summary.json").read_text())
-    # Loop 2's process beside loop 1 lives while loop 1 trains: both peaks count (the rusage above is the larger).
+    # Loop 2's process beside loop 1 lives while loop 1 trains, the step table's recording from then until loop 2
+    # ends: all peaks count, summed (the rusage above is the largest).
     mine = max(s["peak_rss_mb_by_phase_end"].get(k, 0) for k in ("autoencoder", "predictor", "eval+assets"))
-    both = mine + s["peak_rss_mb_by_phase_end"].get("beside", 0)
+    both = mine + sum(s["peak_rss_mb_by_phase_end"].get(k, 0) for k in ("beside", "table"))
     return s | {"wall_s": wall, "peak_mb": max(both, peak / 1024 if peak > before else 0.0), "run": str(run)}
 
 
@@ -124,10 +125,11 @@ def main() -> None:
             (f"autoencoder, {cfg.ae.steps} steps of {cfg.ae.batch_size}" + (f" (predictor's first {cfg.pred.steps} steps beside it)"
              if "beside" in runs[0]["peak_rss_mb_by_phase_end"] else ""), spread([x["autoencoder"] for x in t]) + " s"),
             ("predictor after that: the rest of its first phase, encoding, "
-             f"{cfg.tune.steps} tuning steps of {cfg.pred.batch_size}", spread([x["predictor"] for x in t]) + " s"),
+             f"{cfg.tune.steps} tuning steps of {cfg.pred.batch_size}" + (" (the step table's frames recorded beside it)"
+             if "table" in runs[0]["peak_rss_mb_by_phase_end"] else ""), spread([x["predictor"] for x in t]) + " s"),
             ("evaluation + assets", spread([x["eval+assets"] for x in t]) + " s"),
             ("whole command, wall (Python start to exit)", spread([r["wall_s"] for r in runs]) + " s"),
-            ("peak memory (max RSS; with a process beside: the sum of both peaks)", spread([r["peak_mb"] for r in runs], "{:.0f}") + " MB"),
+            ("peak memory (max RSS; with processes beside it: the sum of their peaks)", spread([r["peak_mb"] for r in runs], "{:.0f}") + " MB"),
             (f"autoencoder step cost, batch {cfg.ae.batch_size}", f"{ae_step_gflop(cfg):.2f} GFLOP"),
             ("python world_model.py eval (best.pt), wall", f"{eval_wall:.1f} s"),
             ("play: one step (predict + decode), median", f"{play['step_ms']:.1f} ms"),

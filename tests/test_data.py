@@ -44,6 +44,24 @@ def test_recordings_shared_over_processes_are_the_ones_played_here():
         record_sets([("Pong", 10, 0, "random+smart")], workers=2)
 
 
+def test_a_recording_in_the_background_is_the_one_played_here_at_the_lowest_priority():
+    """Recording (the step table's frames, recorded while loop 2 trains): the same frames as record_sets, from a
+    process at nice 19, its peak memory read back, its folder gone after; a wrong policy stops it before it starts."""
+    import os
+    from data.d4rl_frames import Recording
+    sets = [("Pong", 60, 5, "tracker"), ("Pong", 30, 6, "random+tracker")]
+    rec = Recording(sets)
+    if hasattr(os, "getpriority"):
+        assert os.getpriority(os.PRIO_PROCESS, rec.child.proc.pid) == 19
+    folder = rec.child.dir
+    out = rec.result()
+    for d, ref in zip(out, record_sets(sets, workers=1)):
+        assert np.array_equal(d.frames, ref.frames) and np.array_equal(d.episode, ref.episode)
+    assert rec.peak_rss_mb > 10 and not folder.exists()
+    with pytest.raises(ValueError, match="unknown policy 'smart'"):
+        Recording([("Pong", 10, 0, "smart")])
+
+
 def test_framedata_rejects_bad_arrays():
     f = np.zeros((4, 84, 84), np.uint8)
     z = np.zeros(4, np.int64)

@@ -76,7 +76,7 @@ def test_a_run_without_tuning_saves_the_model_it_dreams_with(tmp_path):
 
 def test_the_balls_step_table_holds_the_windows_of_the_frames_recorded_for_it(tmp_path):
     """data.table_steps frames of tracker play (data.table_seed), never trained on, add their windows to the table of
-    the ball's steps that dreams look up; the training frames' windows stay in it."""
+    the ball's steps that dreams look up, after loop 2, in both checkpoints; the training frames' windows stay in it."""
     cfg = W.make_config([*W.SMALL_BUDGET, "ae.steps=10", "pred.steps=10", "tune.steps=5", "data.table_steps=300",
                          f"experiment.out_dir={tmp_path}/runs", f"experiment.assets_dir={tmp_path}/a"])
     s = W.train_and_evaluate(cfg, progress=False)
@@ -88,6 +88,9 @@ def test_the_balls_step_table_holds_the_windows_of_the_frames_recorded_for_it(tm
     assert len(keys) > 50 and len(own.step_keys) > 50
     assert torch.equal(p.step_keys, torch.from_numpy(np.concatenate([own.step_keys, keys])))
     assert torch.equal(p.steps, torch.from_numpy(np.concatenate([own.steps, steps])))
+    wm = W.WorldModel.load(Path(s["run_dir"]) / "checkpoints" / "best.pt")           # best.pt holds them too, and
+    W.add_table(wm, (keys, steps))                                                   # a resumed run adds them once
+    assert torch.equal(wm.predictor.step_keys, p.step_keys) and torch.equal(wm.predictor.steps, p.steps)
     assert W.load_data(W.make_config([*W.SMALL_BUDGET]), table=True)[2] is None          # data.table_steps=0
 
 
