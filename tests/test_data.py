@@ -57,7 +57,7 @@ def test_a_recording_in_the_background_is_the_one_played_here_at_the_lowest_prio
     out = rec.result()
     for d, ref in zip(out, record_sets(sets, workers=1)):
         assert np.array_equal(d.frames, ref.frames) and np.array_equal(d.episode, ref.episode)
-    assert rec.peak_rss_mb > 10 and not folder.exists()
+    assert 10 < rec.peak_rss_mb < 250 and not folder.exists()    # its own peak, not this process's size at the fork
     with pytest.raises(ValueError, match="unknown policy 'smart'"):
         Recording([("Pong", 10, 0, "smart")])
 
