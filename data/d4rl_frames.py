@@ -356,7 +356,7 @@ class Recording:
     stop() ends it."""
 
     def __init__(self, sets: list[tuple[str, int, int, str]]):
-        self.jobs = [_parts(*s) for s in sets]
+        self.jobs, self.peak_rss_mb = [_parts(*s) for s in sets], float("nan")
         for game, _, _, policy in (p for ps in self.jobs for p in ps):     # a wrong name: one line, before it starts
             make_policy(policy, game, num_actions_of(game))
         self.child = FreshProcess("data.d4rl_frames", "_helper", quiet=True)
