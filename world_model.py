@@ -1745,7 +1745,8 @@ def train_and_evaluate(cfg: Config, progress: bool = True, resume: str | Path | 
         # The ball's step table's frames, recorded in a process of their own at the lowest priority: it runs where
         # training leaves a core idle (loop 2's tuning phase trains on one thread; on a GPU the CPU idles), and the
         # table joins the model at the end of loop 2 (recorded with the training frames, they cost the run ~5 s).
-        table = Recording(table_sets(cfg)) if table_sets(cfg) and main_rank else None
+        sets = table_sets(cfg) if main_rank else []
+        table = Recording(sets) if sets else None
         times["data"] = time.perf_counter() - t0
         if ckpt is None and main_rank:
             run = Run.create(cfg)

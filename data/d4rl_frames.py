@@ -322,10 +322,8 @@ def record_sets(sets: list[tuple[str, int, int, str]], workers: int | None = Non
     mix) shared out over `workers` processes (None: one per CPU core), the largest share played here, the
     others each in a fresh interpreter importing this module (not a copy of this process: its thread pools
     stay here). On 2 cores the default run's 10,000 + 1,000 frames of three policies take ~7 s, not ~12."""
-    jobs = [_parts(*s) for s in sets]
+    jobs = _jobs(sets)
     flat = [p for ps in jobs for p in ps]
-    for game, _, _, policy in flat:        # a wrong name: one line, before any process starts
-        make_policy(policy, game, num_actions_of(game))
     n = max(1, min(workers or os.cpu_count() or 1, len(flat)))
     loads, share = [0] * n, [[] for _ in range(n)]
     for i in sorted(range(len(flat)), key=lambda i: -flat[i][1]):   # longest first, to the least loaded
@@ -346,6 +344,20 @@ def record_sets(sets: list[tuple[str, int, int, str]], workers: int | None = Non
     finally:
         for h, _ in helpers:
             h.stop()
+    return _regroup(jobs, out)
+
+
+def _jobs(sets: list[tuple[str, int, int, str]]) -> list[list[tuple[str, int, int, str]]]:
+    """Each recording's parts (one per policy of a mix), every policy checked: a wrong name is one line, before any
+    process starts."""
+    jobs = [_parts(*s) for s in sets]
+    for game, _, _, policy in (p for ps in jobs for p in ps):
+        make_policy(policy, game, num_actions_of(game))
+    return jobs
+
+
+def _regroup(jobs: list[list], out: list[FrameData]) -> list[FrameData]:
+    """The recorded parts, in order, back into one FrameData per recording."""
     ends = np.cumsum([0] + [len(ps) for ps in jobs])
     return [out[a] if b - a == 1 else concat(out[a:b]) for a, b in zip(ends[:-1], ends[1:])]
 
@@ -356,9 +368,7 @@ class Recording:
     stop() ends it."""
 
     def __init__(self, sets: list[tuple[str, int, int, str]]):
-        self.jobs, self.peak_rss_mb = [_parts(*s) for s in sets], float("nan")
-        for game, _, _, policy in (p for ps in self.jobs for p in ps):     # a wrong name: one line, before it starts
-            make_policy(policy, game, num_actions_of(game))
+        self.jobs, self.peak_rss_mb = _jobs(sets), float("nan")
         self.child = FreshProcess("data.d4rl_frames", "_helper", quiet=True)
         try:
             if hasattr(os, "setpriority"):
@@ -375,8 +385,7 @@ class Recording:
             self.peak_rss_mb = float((self.child.dir / "peak_rss_mb.txt").read_text())
         finally:
             self.child.stop()
-        ends = np.cumsum([0] + [len(ps) for ps in self.jobs])
-        return [out[a] if b - a == 1 else concat(out[a:b]) for a, b in zip(ends[:-1], ends[1:])]
+        return _regroup(self.jobs, out)
 
     def stop(self) -> None:
         self.child.stop()

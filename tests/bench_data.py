@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data import peak_rss_mb  # noqa: E402
 from data.d4rl_frames import load_source, rally_stats, record, record_dataset  # noqa: E402
 
 
@@ -36,11 +37,6 @@ def timed_recording(steps: int, num_envs: int, out: Path) -> tuple[float, float]
     cpu, t = children_cpu(), time.perf_counter()
     record_dataset("Pong", steps, out, seed=0, num_envs=num_envs, progress=False)
     return time.perf_counter() - t, children_cpu() - cpu
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def gather(folder: str, batches: int, memmap: bool) -> None:
