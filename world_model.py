@@ -232,7 +232,9 @@ class Predictor(nn.Module):
     (ball_key, ball_steps: a table kept in the checkpoint), where those are alike. Each paddle's centre is
     the last one plus a residual, its height 7 rows plus a residual (absolute, so it cannot drift); outside
     training the opponent's edges instead take the step that followed the 3 most similar training windows
-    (opp_key, opp_steps: Pong's opponent is the game's program, and it climbs and hides between points);
+    (opp_key, opp_steps: Pong's opponent is the game's program, and it climbs and hides between points), and the
+    player's edges the step that followed the most similar training windows' steps and actions (play_key, play_steps:
+    the paddle answers the actions with a lag and coasts, and its steps alias on the 84-row screen by where it is);
     presence is a logit; the global code the last one plus a residual; a dream draws the nearest of
     512 codes of training frames (the score band it shows stays a real one).
 
@@ -260,6 +262,13 @@ class Predictor(nn.Module):
         self.register_buffer("opp_keys", torch.zeros(0, len(OPP_KEY)))   # (N, 8) opp_key of training windows
         self.register_buffer("opp_steps", torch.zeros(0, 2))             # (N, 2) the opponent's edges' next step after each
         self.register_buffer("opp_counts", torch.zeros(0))               # (N,) how many training windows had that row
+        self.register_buffer("opp_weights", torch.tensor(OPP_KEY))      # (8,) the weights opp_keys were built with
+        self.register_buffer("play_keys", torch.zeros(0, len(PLAY_KEY)))  # (N, 9) play_key of training windows
+        self.register_buffer("play_steps", torch.zeros(0, 2))            # (N, 2) the player's edges' next step after each
+        self.register_buffer("play_counts", torch.zeros(0))              # (N,) how many training windows had that row
+        self.register_buffer("play_weights", torch.tensor(PLAY_KEY))    # (9,) the weights play_keys were built with
+        direction = torch.tensor([0.0, *PONG_DIRECTION]) if A == len(PONG_DIRECTION) else torch.zeros(A + 1)
+        self.register_buffer("direction", direction, persistent=False)  # (A + 1,) each action's vertical sense; -1: 0
         self.register_buffer("centre", torch.tensor([CENTRE[0], *[CENTRE[1]] * 5]), persistent=False)  # (6,) of POS
         # Constant tensors that let the forward treat x and y (and all six positions) in one operation each:
         # fewer, larger operations (a training step is bound by their count, on a CPU and on a GPU alike).
@@ -283,11 +292,14 @@ class Predictor(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("serves", "codes", "step_keys", "steps", "gap_keys", "gap_waits", "gap_serves", "opp_keys", "opp_steps",
-                     "opp_counts"):   # lengths: the training data's
-            if prefix + name not in state_dict and name.startswith(("step", "gap", "opp")):   # older checkpoints: no table
+                     "opp_counts", "play_keys", "play_steps", "play_counts"):   # lengths: the training data's
+            if prefix + name not in state_dict and name.startswith(("step", "gap", "opp", "play")):   # older: no table
                 state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.gmean.device))
+        if prefix + "opp_weights" not in state_dict:   # a checkpoint from before the weights were kept: its table's
+            state_dict[prefix + "opp_weights"] = torch.tensor(OPP_KEY_V1)
+        state_dict.setdefault(prefix + "play_weights", torch.tensor(PLAY_KEY))   # (before the player's table: empty)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor
@@ -373,16 +385,18 @@ class Predictor(nn.Module):
         # of it shows), a table like the ball's, outside training only.
         if len(self.opp_steps) >= OPP_NEIGHBOURS and c.shape[1] >= 4 and not self.training:
             with torch.no_grad():
-                key = opp_key(c[:, -4:])                                       # (B, 8)
-                j = torch.cat([torch.cdist(k, self.opp_keys).topk(OPP_NEIGHBOURS, 1, largest=False)[1]
-                               for k in key.split(1024)])                      # (B, k) in chunks: B x N distances
-                # The table holds each distinct row once, with its count (random play repeats its points): the k
-                # nearest windows are the nearest rows, each as many times as it was seen.
-                n = self.opp_counts[j] if len(self.opp_counts) == len(self.opp_steps) else torch.ones_like(j, dtype=c.dtype)
-                at = torch.arange(OPP_NEIGHBOURS, device=c.device)
-                j = j.gather(1, (n.cumsum(1)[:, None, :] <= at[None, :, None]).sum(-1))   # (B, k) with repeats
-                opp = c[:, -1, OT:OB + 1] + self.opp_steps[j].median(1).values  # (B, 2)
+                opp = c[:, -1, OT:OB + 1] + table_step(opp_key(c[:, -4:], self.opp_weights), self.opp_keys, self.opp_steps,
+                                                       self.opp_counts, OPP_NEIGHBOURS)   # (B, 2)
             paddles = torch.cat([paddles[:, :2], opp], 1)
+        # The player's paddle moves as the actions push it, with Pong's lag and momentum, and its steps alias on the
+        # 84-row screen by where it is: it takes the step that followed the most similar training windows (play_key: its
+        # last three steps, the last four actions' senses, where it is and how much of it shows), outside training only.
+        if len(self.play_steps) >= PLAY_NEIGHBOURS and c.shape[1] >= 4 and self.action_conditioned and not self.training:
+            with torch.no_grad():
+                key = play_key(c[:, -4:], self.direction[actions[:, -4:].long() + 1], self.play_weights)   # (B, 9)
+                play = c[:, -1, PT:PB + 1] + table_step(key, self.play_keys, self.play_steps, self.play_counts,
+                                                        PLAY_NEIGHBOURS)   # (B, 2)
+            paddles = torch.cat([play, paddles[:, 2:]], 1)
         nxt = torch.cat([ball, 10 * r[:, BP:BP + 1], paddles], 1)              # (B, 7)
         return nxt, g + r[:, NC:-1], torch.stack([turn, face.float(), hide], 1)
 
@@ -437,14 +451,17 @@ def ball_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 # What makes two windows' next opponent steps alike (opp_key), each term's weight: its centre's last three steps, the
 # ball's presence, its row from the opponent's centre and its last vertical step, the opponent's centre and its rows.
-OPP_KEY = (1.0, 1.0, 1.0, 10.0, 0.5, 1.0, 0.2, 1.0)
+# Pong's opponent chases the ball's row: that row and the ball's step weigh most (the weights before 2026-11-27 were
+# OPP_KEY_V1, which checkpoints without Predictor.opp_weights were built with; measured in the README's 17th round).
+OPP_KEY = (1.0, 1.0, 0.5, 10.0, 4.0, 2.0, 1.0, 1.0)
+OPP_KEY_V1 = (1.0, 1.0, 1.0, 10.0, 0.5, 1.0, 0.2, 1.0)
 OPP_NEIGHBOURS = 3
 OPP_JUMP = 5.0                             # it moves <= 3 rows a step but where a serve puts it (any jump alike)
 
 
-def opp_key(c: torch.Tensor) -> torch.Tensor:
-    """The last four frames' coordinates (..., 4, 7), presence 0/1 -> the opponent's key (..., 8), weighted by OPP_KEY.
-    A hidden opponent (both edges at the top wall) has rows 0."""
+def opp_key(c: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The last four frames' coordinates (..., 4, 7), presence 0/1 -> the opponent's key (..., 8), weighted by
+    `weights` (8,) (default OPP_KEY). A hidden opponent (both edges at the top wall) has rows 0."""
     oc = (c[..., OT] + c[..., OB]) / 2                                         # (..., 4) its centres
     v = (oc[..., 1:] - oc[..., :-1]).clamp(-OPP_JUMP, OPP_JUMP)                # (..., 3) its steps; a jump: any
     last, prev = c[..., -1, :], c[..., -2, :]
@@ -452,7 +469,18 @@ def opp_key(c: torch.Tensor) -> torch.Tensor:
     dy = torch.where(bp > 0.5, last[..., BY] - oc[..., -1], 0 * bp)
     vy = torch.where((bp > 0.5) & (prev[..., BP] > 0.5), last[..., BY] - prev[..., BY], 0 * bp)
     key = torch.stack([v[..., 2], v[..., 1], v[..., 0], bp, dy, vy, oc[..., -1], last[..., OB] - last[..., OT]], -1)
-    return key * key.new_tensor(OPP_KEY)
+    return key * (key.new_tensor(OPP_KEY) if weights is None else weights)
+
+
+def table_step(key: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
+    """The median step (B, 2) of the k training windows nearest each key (B, F) in a table of distinct rows keys (N, F),
+    their steps (N, 2) and how many windows had each (N,) (random play repeats its points): the k nearest windows are the
+    nearest rows, each as many times as it was seen."""
+    j = torch.cat([torch.cdist(x, keys).topk(k, 1, largest=False)[1] for x in key.split(1024)])   # (B, k) in chunks
+    n = counts[j] if len(counts) == len(steps) else torch.ones_like(j, dtype=key.dtype)
+    at = torch.arange(k, device=key.device)
+    j = j.gather(1, (n.cumsum(1)[:, None, :] <= at[None, :, None]).sum(-1))   # (B, k) with repeats
+    return steps[j].median(1).values
 
 
 def opp_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -462,6 +490,34 @@ def opp_steps(c: np.ndarray, episode: np.ndarray) -> tuple[np.ndarray, np.ndarra
     t = np.arange(3, len(c) - 1)
     t = t[(episode[t - 3] == episode[t + 1]) & ~((c[t, BP] < 0.5) & (c[t + 1, BP] > 0.5))]
     return opp_key(torch.from_numpy(c[t[:, None] + np.arange(-3, 1)])).numpy(), c[t + 1, OT:OB + 1] - c[t, OT:OB + 1]
+
+
+# What makes two windows' next player steps alike (play_key), each term's weight: its centre's last three steps, the
+# vertical sense of the actions at the last four frames (the last first: Pong's paddle answers with a lag and coasts),
+# its centre (the 84-row screen aliases its steps by where it is; and the walls stop it) and its rows.
+PLAY_KEY = (1.0, 1.0, 0.5, 10.0, 10.0, 3.0, 1.0, 4.0, 1.0)
+PLAY_NEIGHBOURS = 3
+PONG_DIRECTION = (0.0, 0.0, -1.0, 1.0, -1.0, 1.0)   # Pong's actions: NOOP, FIRE, RIGHT (up), LEFT (down), RIGHTFIRE, LEFTFIRE
+
+
+def play_key(c: torch.Tensor, sense: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The last four frames' coordinates (..., 4, 7) and the vertical sense of the actions taken at them (..., 4)
+    (-1 up, 1 down, 0 neither or unknown) -> the player's key (..., 9), weighted by `weights` (default PLAY_KEY)."""
+    pc = (c[..., PT] + c[..., PB]) / 2                                         # (..., 4) its centres
+    v = pc[..., 1:] - pc[..., :-1]
+    key = torch.stack([v[..., 2], v[..., 1], v[..., 0], sense[..., 3], sense[..., 2], sense[..., 1], sense[..., 0],
+                       pc[..., -1], c[..., -1, PB] - c[..., -1, PT]], -1)
+    return key * (key.new_tensor(PLAY_KEY) if weights is None else weights)
+
+
+def play_steps(c: np.ndarray, episode: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The player's table of a set's consecutive frames: coordinates c (N, 7), episode ids (N,), actions (N,) (Pong's) ->
+    play_key (M, 9) of every window of four frames with a next frame in its episode, and the step of the player's top
+    and bottom edges into it (M, 2)."""
+    t = np.arange(3, len(c) - 1)
+    t = t[episode[t - 3] == episode[t + 1]]
+    sense = torch.tensor(PONG_DIRECTION)[torch.from_numpy(np.asarray(actions, np.int64)[t[:, None] + np.arange(-3, 1)])]
+    return play_key(torch.from_numpy(c[t[:, None] + np.arange(-3, 1)]), sense).numpy(), c[t + 1, PT:PB + 1] - c[t, PT:PB + 1]
 
 
 # Between points Pong's opponent climbs ~2.7 rows a frame until it hides above the top wall, and the serve comes 15-16
@@ -1255,17 +1311,23 @@ class Latents:
             self.fds = [os.open(self.files[0], os.O_RDONLY)]
         # Serve inputs episode by episode (an episode's coordinates at a time), the serves, the ball's and the opponent's
         # steps seen.
-        u, serves, steps, gaps, opps = [], [], [], [], []
+        u, serves, steps, gaps, opps, plays = [], [], [], [], [], []
+        pong = data.num_actions == len(PONG_DIRECTION)
         for e in data.episode_slices():
             c, ep = latent_table(wm, self._z(torch.arange(e.start, e.stop)))[0].cpu().numpy(), np.asarray(data.episode[e])
             ue, se = serve_inputs(c, ep)
             u.append(ue), serves.append(se), steps.append(ball_steps(c, ep)), gaps.append(gap_waits(c, ep, ue, wm.context))
             opps.append(opp_steps(c, ep))
+            if pong:
+                plays.append(play_steps(c, ep, np.asarray(data.actions[e])))
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))           # the ball's steps seen
         self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
         rows, n = np.unique(np.concatenate([np.concatenate(x) for x in zip(*opps)], 1), axis=0, return_counts=True)
         self.opp_keys, self.opp_steps, self.opp_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)   # seen
+        rows, n = (np.unique(np.concatenate([np.concatenate(x) for x in zip(*plays)], 1), axis=0, return_counts=True)
+                   if plays else (np.zeros((0, len(PLAY_KEY) + 2), np.float32), np.zeros(0)))
+        self.play_keys, self.play_steps, self.play_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1567,6 +1629,10 @@ def adopt(p: Predictor, lat: Latents) -> None:
                                                  for x in (lat.gap_keys, lat.gap_waits, lat.gap_serves))
         p.opp_keys, p.opp_steps, p.opp_counts = (torch.from_numpy(np.ascontiguousarray(x)).to(p.gmean.device)
                                                  for x in (lat.opp_keys, lat.opp_steps, lat.opp_counts))
+        p.opp_weights = torch.tensor(OPP_KEY, device=p.gmean.device)          # the weights opp_steps built them with
+        p.play_keys, p.play_steps, p.play_counts = (torch.from_numpy(np.ascontiguousarray(x)).to(p.gmean.device)
+                                                    for x in (lat.play_keys, lat.play_steps, lat.play_counts))
+        p.play_weights = torch.tensor(PLAY_KEY, device=p.gmean.device)
     p.codes = lat.rows(torch.from_numpy(evenly(lat.n, 512)))[1].clone()
 
 
