@@ -297,9 +297,8 @@ class Predictor(nn.Module):
                 state_dict[prefix + name] = getattr(self, name)
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.gmean.device))
-        if prefix + "opp_weights" not in state_dict:   # a checkpoint from before the weights were kept: its table's
-            state_dict[prefix + "opp_weights"] = torch.tensor(OPP_KEY_V1)
-        state_dict.setdefault(prefix + "play_weights", torch.tensor(PLAY_KEY))   # (before the player's table: empty)
+        state_dict.setdefault(prefix + "opp_weights", torch.tensor(OPP_KEY_V1))  # older: the weights its table was built with
+        state_dict.setdefault(prefix + "play_weights", torch.tensor(PLAY_KEY))   # older: no player's table
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, c: torch.Tensor, g: torch.Tensor, actions: torch.Tensor, u: torch.Tensor
@@ -1323,11 +1322,8 @@ class Latents:
         self.serves = np.concatenate(serves)
         self.step_keys, self.steps = (np.concatenate(x) for x in zip(*steps))           # the ball's steps seen
         self.gap_keys, self.gap_waits, self.gap_serves = (np.concatenate(x) for x in zip(*gaps))  # the serves after a gap
-        rows, n = np.unique(np.concatenate([np.concatenate(x) for x in zip(*opps)], 1), axis=0, return_counts=True)
-        self.opp_keys, self.opp_steps, self.opp_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)   # seen
-        rows, n = (np.unique(np.concatenate([np.concatenate(x) for x in zip(*plays)], 1), axis=0, return_counts=True)
-                   if plays else (np.zeros((0, len(PLAY_KEY) + 2), np.float32), np.zeros(0)))
-        self.play_keys, self.play_steps, self.play_counts = rows[:, :-2], rows[:, -2:], n.astype(np.float32)
+        self.opp_keys, self.opp_steps, self.opp_counts = distinct(opps, len(OPP_KEY))     # the paddles' steps seen
+        self.play_keys, self.play_steps, self.play_counts = distinct(plays, len(PLAY_KEY))
         if folder is None:
             self.u = torch.from_numpy(np.concatenate(u)).to(wm.device)
         else:
@@ -1363,6 +1359,15 @@ class Latents:
             os.close(fd)
         for f in getattr(self, "files", []):
             f.unlink(missing_ok=True)
+
+
+def distinct(parts: list[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tables of keys (M, width) and steps (M, 2), one per episode -> each distinct row once: keys, steps, and how many
+    windows had it (float32). Random play repeats its points: the table stays small, the counts keep their weight."""
+    if not parts:
+        return np.zeros((0, width), np.float32), np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+    rows, n = np.unique(np.concatenate([np.concatenate(x) for x in zip(*parts)], 1), axis=0, return_counts=True)
+    return rows[:, :-2], rows[:, -2:], n.astype(np.float32)
 
 
 def _read_rows(fd: int, w: torch.Tensor, width: int) -> torch.Tensor:

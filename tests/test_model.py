@@ -143,6 +143,24 @@ def test_checkpoint_round_trip(trained, val_data, tmp_path):
     assert np.array_equal(back.rollout(ctx, acts), wm.rollout(ctx, acts))
 
 
+def test_a_checkpoint_from_before_the_paddles_key_weights_loads_as_it_was_built(trained, val_data, tmp_path):
+    """The opponent's table is built with key weights the checkpoint keeps (opp_weights); one written before they
+    were kept was built with OPP_KEY_V1 and loads with those, and without a player's table (its paddle: the MLP's)."""
+    wm, _, _ = trained
+    p = wm.predictor
+    assert len(p.play_keys) > 100 and torch.equal(p.opp_weights, torch.tensor(W.OPP_KEY))   # a run builds both
+    path = tmp_path / "old.pt"
+    wm.save(path)
+    ck = torch.load(path, weights_only=False)
+    for k in ("opp_weights", "play_keys", "play_steps", "play_counts", "play_weights"):
+        del ck["model"][f"predictor.{k}"]
+    torch.save(ck, path)
+    old = W.WorldModel.load(path)
+    assert torch.equal(old.predictor.opp_weights, torch.tensor(W.OPP_KEY_V1)) and len(old.predictor.play_keys) == 0
+    ctx, acts = val_data.frames[:wm.context], val_data.actions[:25]
+    assert old.rollout(ctx, acts).shape == (25, 84, 84)
+
+
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         W.WorldModel.load(tmp_path / "nope.pt")
