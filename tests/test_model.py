@@ -144,19 +144,21 @@ def test_checkpoint_round_trip(trained, val_data, tmp_path):
 
 
 def test_a_checkpoint_from_before_the_paddles_key_weights_loads_as_it_was_built(trained, val_data, tmp_path):
-    """The opponent's table is built with key weights the checkpoint keeps (opp_weights); one written before they
-    were kept was built with OPP_KEY_V1 and loads with those, and without a player's table (its paddle: the MLP's)."""
+    """The opponent's table is built with key weights and a key (the next frame's ball) the checkpoint keeps
+    (opp_weights, opp_next); one written before they were kept was built with OPP_KEY_V1 and the last frame's ball and
+    loads so, and without a player's table (its paddle: the MLP's)."""
     wm, _, _ = trained
     p = wm.predictor
-    assert len(p.play_keys) > 100 and torch.equal(p.opp_weights, torch.tensor(W.OPP_KEY))   # a run builds both
+    assert len(p.play_keys) > 100 and torch.equal(p.opp_weights, torch.tensor(W.OPP_KEY)) and bool(p.opp_next)
     path = tmp_path / "old.pt"
     wm.save(path)
     ck = torch.load(path, weights_only=False)
-    for k in ("opp_weights", "play_keys", "play_steps", "play_counts", "play_weights"):
+    for k in ("opp_weights", "opp_next", "play_keys", "play_steps", "play_counts", "play_weights"):
         del ck["model"][f"predictor.{k}"]
     torch.save(ck, path)
     old = W.WorldModel.load(path)
-    assert torch.equal(old.predictor.opp_weights, torch.tensor(W.OPP_KEY_V1)) and len(old.predictor.play_keys) == 0
+    assert torch.equal(old.predictor.opp_weights, torch.tensor(W.OPP_KEY_V1)) and not bool(old.predictor.opp_next)
+    assert len(old.predictor.play_keys) == 0
     ctx, acts = val_data.frames[:wm.context], val_data.actions[:25]
     assert old.rollout(ctx, acts).shape == (25, 84, 84)
 
