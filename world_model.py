@@ -658,24 +658,41 @@ def serve_origin(serves: torch.Tensor) -> torch.Tensor:
     return torch.stack([serves[..., 4], serves[..., 0] * Predictor.SCALE + CENTRE[1]], -1)
 
 
+def on_serve_line(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[torch.Tensor, ...]:
+    """Is a window's ball on each serve's straight path? c (B, L >= 2, 7) coordinates with presence 0/1, serves (S, >= 5)
+    SERVE_COLS -> (B, S) bool, and the ball's row from the line (B, S) and its last step's from the serve's (B, S, 2): the
+    ball in its last two frames, its step the serve's (within 0.5 px in x and y) and its row the line's where its x is
+    (within px). At a wall the line runs on past it but the ball stops there for a frame, its last step short; past
+    BALL_LAST_X the screen's edge cuts the ball and its centre lags: there the frame before is read."""
+    o, v = serve_origin(serves), 2 * serves[:, 1:3]                            # (S, 2) each
+    if c.shape[1] > 2:
+        edge = (c[:, -1, BX] <= BALL_LAST_X[0]) | (c[:, -1, BX] >= BALL_LAST_X[1])
+        c = torch.where(edge[:, None, None], c[:, :-1], c[:, 1:])
+    xy, step = c[:, -1, :BP], c[:, -1, :BP] - c[:, -2, :BP]                    # (B, 2) each
+    k = (xy[:, :1] - o[:, 0]) / v[:, 0]                                        # (B, S) frames since that serve
+    line = o[:, 1] + v[:, 1] * k                                               # (B, S) its row there
+    lo, hi = BALL_Y_RANGE
+    dy = torch.minimum((xy[:, 1:] - line).abs(), (xy[:, 1:] - line.clamp(lo, hi)).abs())
+    dv = (step[:, None] - v).abs()                                             # (B, S, 2)
+    at_wall = ((xy[:, 1] <= lo + 0.5) | (xy[:, 1] >= hi - 0.5))[:, None]       # (B, 1)
+    ok = (k > 0) & (dy < px) & (dv[..., 0] < 0.5) & ((dv[..., 1] < 0.5) | at_wall) & (c[:, -2:, BP] > 0.5).all(1, keepdim=True)
+    return ok, dy, dv
+
+
 def serve_of(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2, frames: int = PHASE_FRAMES
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The serve whose straight path from the centre a window's ball is on. c (B, L, 7) coordinates with
     presence 0/1, serves (S, >= 5) SERVE_COLS -> index (B,) into serves and whether one matched (B,). A
-    ball in its last two frames matches a serve when its step is the serve's (within 0.5 px in x and y)
-    and its position is on the serve's line (within px in y where its x is): a serve's ball flies
-    straight until a paddle or a wall turns it (Pong serves from x ~ 42 and goes out past a paddle after
-    ~19 frames). Of those that match, the one whose frame phase fits: the ball flies a whole number of
-    x-steps from where its serve showed, and Pong shows each kind of serve at up to three places ~0.5 px
-    apart along its line, which the line cannot tell apart (the next point's serve repeats the rally's, and a
-    serve shown 0.6 px off puts the dream a frame early). The phase is read from up to `frames` frames of
-    the ball flying that way in x, up to the last (0: the line alone)."""
+    ball matches a serve where on_serve_line says so: a serve's ball flies straight until a paddle or a wall
+    turns it (Pong serves from x ~ 42 and goes out past a paddle after ~19 frames). Of those that match, the
+    one whose frame phase fits: the ball flies a whole number of x-steps from where its serve showed, and Pong
+    shows each kind of serve at up to three places ~0.5 px apart along its line, which the line cannot tell
+    apart (the next point's serve repeats the rally's, and a serve shown 0.6 px off puts the dream a frame
+    early). The phase is read from up to `frames` frames of the ball flying that way in x, up to the last (0:
+    the line alone)."""
     o, v = serve_origin(serves), 2 * serves[:, 1:3]                            # (S, 2) each
-    xy, step = c[:, -1, :BP], c[:, -1, :BP] - c[:, -2, :BP]                    # (B, 2) each
-    k = (xy[:, :1] - o[:, 0]) / v[:, 0]                                        # (B, S) frames since that serve
-    dy = (xy[:, 1:] - (o[:, 1] + v[:, 1] * k)).abs()
-    dv = (step[:, None] - v).abs()                                             # (B, S, 2)
-    ok = (k > 0) & (dy < px) & (dv < 0.5).all(-1) & (c[:, -2:, BP] > 0.5).all(1, keepdim=True)
+    ok, dy, dv = on_serve_line(c, serves, px)
+    step = c[:, -1, :BP] - c[:, -2, :BP]                                       # (B, 2)
     w = c[:, -max(frames, 1):]                                                 # (B, m, 7)
     shown = w[:, :, BP] > 0.5
     way = shown[:, 1:] & shown[:, :-1] & ((w[:, 1:, BX] - w[:, :-1, BX]) * step[:, :1] > 0)   # (B, m - 1)
@@ -848,7 +865,7 @@ class WorldModel(nn.Module):
                 j3, rally = serve_of(path, s)                                  # (B, PHASE_FRAMES, 7) up to the last ball
                 rally &= went
                 serve = torch.where(rally[:, None], s[j3], serve)
-            serve[went] = self.next_serve(serve[went], cca[torch.arange(B), last, BX][went], gen)
+            serve[went] = self.next_serve(serve[went], cca[torch.arange(B), last, BX][went], gen, rally[went])
         unknown = (r * (serve[:, 3] - K).clamp(min=1)).floor() + 1
         timed = out < L
         gk, gw = self.predictor.gap_keys.cpu(), self.predictor.gap_waits.cpu()
@@ -878,17 +895,21 @@ class WorldModel(nn.Module):
         s = self.predictor.serves
         return s.cpu()[torch.randint(len(s), (n,), generator=gen)]                        # (n, 7)
 
-    def next_serve(self, serve: torch.Tensor, last_x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def next_serve(self, serve: torch.Tensor, last_x: torch.Tensor, gen: torch.Generator,
+                   straight: torch.Tensor | None = None) -> torch.Tensor:
         """The serve after a point whose ball was last seen at x = last_x (B,), toward the side that lost it:
         Pong repeats the rally's serve (serve (B, 7), CPU) when the same side loses again (113 of 121 such
         points on recorded random play, 25 of 35 on tracker play), else one drawn from the training serves
         toward it. It comes after as many frames as it did after the 5 training points whose ball was last
         seen nearest last_x on that side (their median): where the ball last shows tells the frame phase of
         its exit (recorded play's probe: 15 frames after a last x of 81.6-82.5 or 1.1-2.1, 16 after 79.6-81.2
-        or 3.2, on 300 of 300 points)."""
+        or 3.2, on 300 of 300 points). Where `straight` (B,) (the ball flew the rally's serve's straight path to
+        the exit), the serve repeated shows at the frame phase the exit tells (serve_phase)."""
         s = self.predictor.serves.cpu()
         side = torch.sign(last_x - CENTRE[0])
         keep = torch.sign(serve[:, 1]) == side
+        if s.shape[1] > 5 and straight is not None:
+            serve = self.serve_phase(serve, last_x, keep & straight)
         drawn = serve.clone()
         for sgn in (-1.0, 1.0):
             rows = torch.nonzero(torch.sign(s[:, 1]) == sgn)[:, 0]
@@ -902,6 +923,21 @@ class WorldModel(nn.Module):
             gap = torch.where(dist.isfinite(), s[j, 3], math.nan).nanmedian(1).values
             nxt[:, 3] = torch.where(gap.isfinite(), gap, nxt[:, 3])
         return nxt
+
+    def serve_phase(self, serve: torch.Tensor, last_x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """The rally's serve (B, 7), CPU, repeated after a ball last seen at x = last_x (B,), at the frame phase that exit
+        tells, where `which` (B,): Pong shows a kind of serve at up to three places ~0.5 px apart along one line, and a
+        repeated point keeps its phase, so the exit does too (recorded random play: serves at x 43.4 follow balls last
+        seen at 80.9-81.2, those at 42.3 and 42.8 balls last seen at 81.9-83.0). A serve whose training points never
+        followed an exit there becomes the one of its line, among those that did (their last x within 0.25 px of the
+        nearest), that showed nearest it. A serve read from a rally's path near its exit is often a phase off: its
+        steps there differ from its first by up to 0.05 px, ~0.5 px over a path."""
+        s = self.predictor.serves.cpu()
+        line = (torch.sign(s[None, :, 1]) == torch.sign(serve[:, None, 1])) & ((s[None, :, 2] - serve[:, None, 2]).abs() < 0.05)
+        off = torch.where(line, (s[None, :, 5] - last_x[:, None]).abs(), math.inf)   # (B, S) how far their exits were
+        fits = line & (off <= off.amin(1, keepdim=True) + 0.25) & (off < 0.5)
+        dist, j = (torch.cdist(serve_origin(serve), serve_origin(s)) + torch.where(fits, 0.0, math.inf)).min(1)
+        return torch.where((which & dist.isfinite() & (dist > 0.1))[:, None], s[j], serve)
 
     def dream_step(self, d: Dream, actions: torch.Tensor) -> tuple[Dream, torch.Tensor]:
         """One open-loop step: a dream and the actions at its window's K frames (B, K) -> the dream one
@@ -952,7 +988,8 @@ class WorldModel(nn.Module):
         serve = d.serve.clone()
         if gone.any():
             g_ = gone.to(serve.device)
-            serve[g_] = self.next_serve(serve[g_].cpu(), x0.cpu()[gone], d.gen).to(serve.device)
+            straight = on_serve_line(d.c[g_], serve[g_])[0].diagonal().cpu()     # flown the serve's path to the exit
+            serve[g_] = self.next_serve(serve[g_].cpu(), x0.cpu()[gone], d.gen, straight).to(serve.device)
         wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
         nxt = torch.cat([nxt[:, :BP], (on | hidden)[:, None].float(), nxt[:, BP + 1:]], 1)
         drawn = p.codes[torch.cdist(g, p.codes).argmin(1)] if self.objects else g   # a score band seen in training

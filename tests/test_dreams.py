@@ -259,7 +259,8 @@ def test_the_rallys_serve_is_the_one_whose_frame_phase_its_path_shows():
     right = ((W.serve_origin(s[j])[:, 0] - x0).abs() < 0.3)[ok].float().mean()
     by_line = ((W.serve_origin(s[line])[:, 0] - x0).abs() < 0.3)[ok2].float().mean()
     assert ok.float().mean() > 0.9 and torch.equal(ok, ok2) and len(x0) > 40
-    # Measured: 89 % of 62 serves' last frames on their path (the line alone: 72 %).
+    # Measured: 89 % of 62 serves' last frames on their path (the line alone: 18 %; 72 % before the line let a ball at
+    # a wall or the screen's edge match, 2026-11-27, where more lines than one then match).
     assert right > 0.85 and right > by_line + 0.1, (right, by_line, len(x0))
 
 
@@ -435,34 +436,42 @@ def test_between_points_the_serve_is_timed_by_the_opponents_climb():
     assert near["table"] > 0.85 and near["table"] > near["drawn"] + 0.15, near
 
 
-def test_a_memory_that_saw_the_ball_go_out_times_the_serve_exactly():
+def test_a_memory_that_saw_the_ball_go_out_times_the_serve_exactly_and_at_its_frame_phase():
     """Pong serves 15-16 frames after the ball was last seen, by where it was (next_serve): a dream whose window
-    shows no ball but whose memory (the 16 frames before it) saw the ball go out knows the wait. On another
-    recording's ball-less windows before a serve, with a memory it waits exactly as the real game did on nearly every
-    one (the opponent's climb alone: on fewer than half), and serves where the game did as often as the table alone."""
+    shows no ball but whose memory (the 16 frames before it) saw the ball go out knows the wait. On other
+    recordings' ball-less windows before a serve (random play and tracker play), with a memory it waits exactly as
+    the real game did on nearly every one (the opponent's climb alone: on fewer than half), and serves where the game
+    did as often as the table alone; and at the place the real serve showed, within 0.3 px, mostly (Pong shows a
+    kind of serve at up to three places ~0.5 px apart, by a frame's phase: serve_of reads it off the rally's path,
+    serve_phase off where the ball was last seen)."""
     lab, ep, _, _, _ = ballless(record("Pong", steps=8000, seed=5, policy="random+tracker"))   # exits on both sides
     u, seen = W.serve_inputs(lab, ep)
     keys, waits, serves = W.gap_waits(lab, ep, u, 4)
-    data = record("Pong", steps=1500, seed=6, policy="random")
-    olab, oep, ends, real, oat = ballless(data)
     wm = W.WorldModel(W.make_config([*W.SMALL_BUDGET]), 6)
     wm.predictor.serves = torch.from_numpy(seen)
     wm.predictor.gap_keys, wm.predictor.gap_waits = torch.from_numpy(keys), torch.from_numpy(waits)
     wm.predictor.gap_serves = torch.from_numpy(serves)
-    rows, valid = memory_rows(data, ends - 3, 4, 16)                               # (B, 20), (B,)
-    c = torch.from_numpy(olab[rows])
-    z = torch.cat([c, torch.zeros(*c.shape[:2], wm.cfg.model.latent_dim - W.NC)], -1)
-    alone, remembered = wm.start(z[:, -4:]), wm.start(z, valid=valid)
-    saw = olab[rows, W.BP].astype(bool) & (np.arange(20) >= 20 - valid.numpy()[:, None])   # a ball in the real frames
-    out = saw.any(1)                                                              # the memory saw it go out
-    assert out.mean() > 0.8 and remembered.timed.numpy()[out].all()
-    hit = {k: (d.wait.numpy()[out] == real[out]).mean() for k, d in (("alone", alone), ("memory", remembered))}
-    # Measured: 100 % of the 355 windows whose memory saw the ball go out (of 369), 37 % without the memory.
-    assert hit["memory"] > 0.95 and hit["memory"] > hit["alone"] + 0.3, hit
-    near = {k: (np.hypot(*(W.serve_origin(d.serve).numpy()[out] - oat[out]).T) <= 2).mean()
-            for k, d in (("alone", alone), ("memory", remembered))}
-    assert near["memory"] >= near["alone"] - 0.02, near
-    assert torch.equal(wm.start(z, valid=torch.full_like(valid, 4)).wait, alone.wait)   # padding is no memory
+    # Measured (random seed 6 / tracker seed 8): waits exact on 100 / 100 % of 355 / 252 windows whose memory saw the
+    # ball go out, 37 % without the memory (random); the serve within 0.3 px on 72 / 96 % (before 2026-11-27's
+    # serve_phase and the wall and edge in on_serve_line: 45 / 53 %).
+    for policy, seed, phased in (("random", 6, 0.55), ("tracker", 8, 0.85)):
+        data = record("Pong", steps=1500, seed=seed, policy=policy)
+        olab, oep, ends, real, oat = ballless(data)
+        rows, valid = memory_rows(data, ends - 3, 4, 16)                           # (B, 20), (B,)
+        c = torch.from_numpy(olab[rows])
+        z = torch.cat([c, torch.zeros(*c.shape[:2], wm.cfg.model.latent_dim - W.NC)], -1)
+        alone, remembered = wm.start(z[:, -4:]), wm.start(z, valid=valid)
+        saw = olab[rows, W.BP].astype(bool) & (np.arange(20) >= 20 - valid.numpy()[:, None])   # a ball in the real frames
+        out = saw.any(1)                                                          # the memory saw it go out
+        assert out.mean() > 0.8 and remembered.timed.numpy()[out].all()
+        hit = {k: (d.wait.numpy()[out] == real[out]).mean() for k, d in (("alone", alone), ("memory", remembered))}
+        assert hit["memory"] > 0.95, hit
+        if policy == "random":
+            assert hit["memory"] > hit["alone"] + 0.3, hit
+        off = {k: np.hypot(*(W.serve_origin(d.serve).numpy()[out] - oat[out]).T) for k, d in (("alone", alone), ("memory", remembered))}
+        assert (off["memory"] <= 2).mean() >= (off["alone"] <= 2).mean() - 0.02, off
+        assert (off["memory"] <= 0.3).mean() > phased, (policy, (off["memory"] <= 0.3).mean())
+        assert torch.equal(wm.start(z, valid=torch.full_like(valid, 4)).wait, alone.wait)   # padding is no memory
 
 
 def test_a_ball_the_encoder_loses_in_play_is_put_back_and_one_that_went_out_is_not():
