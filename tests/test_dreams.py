@@ -152,6 +152,13 @@ def test_the_next_point_is_served_as_the_rally_was_when_the_same_side_loses_it()
     assert torch.equal(nxt[0], torch.tensor(right)) and torch.equal(nxt[1], torch.tensor(left))
     gaps = wm.next_serve(torch.tensor([right, right]), torch.tensor([81.1, 81.8]), gen)[:, 3]
     assert gaps.tolist() == [16.0, 15.0]                                  # the exit's frame phase sets the wait
+    # Where the ball flew its serve's straight path to the exit, the serve repeats at the frame phase the exit shows
+    # (serve_phase): this serve showed at 42.3 after a ball last seen at 81.9, at 42.8 after 81.2.
+    rallies, last_x, cols = torch.tensor([right, late]), torch.tensor([81.9, 81.2]), [0, 1, 2, 4, 5, 6]
+    on = wm.next_serve(rallies, last_x, gen, torch.tensor([True, True]))
+    assert torch.equal(on[:, cols], torch.tensor([late, right])[:, cols])
+    off = wm.next_serve(rallies, last_x, gen, torch.tensor([False, False]))   # a rally a paddle turned: as read
+    assert torch.equal(off[:, cols], rallies[:, cols])
 
 
 def test_a_ball_that_went_out_is_served_when_its_frame_comes_where_the_serve_showed():
