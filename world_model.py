@@ -660,17 +660,18 @@ def serve_origin(serves: torch.Tensor) -> torch.Tensor:
 
 def on_serve_line(c: torch.Tensor, serves: torch.Tensor, px: float = 1.2) -> tuple[torch.Tensor, ...]:
     """Is a window's ball on each serve's straight path? c (B, L >= 2, 7) coordinates with presence 0/1, serves (S, >= 5)
-    SERVE_COLS -> (B, S) bool, and the ball's row from the line (B, S) and its last step's from the serve's (B, S, 2): the
-    ball in its last two frames, its step the serve's (within 0.5 px in x and y) and its row the line's where its x is
-    (within px). At a wall the line runs on past it but the ball stops there for a frame, its last step short; past
-    BALL_LAST_X the screen's edge cuts the ball and its centre lags: there the frame before is read."""
-    o, v = serve_origin(serves), 2 * serves[:, 1:3]                            # (S, 2) each
+    SERVE_COLS, or one per window (B, 1, >= 5) -> (B, S) bool (or (B, 1)), and the ball's row from the line (B, S) and
+    its last step's from the serve's (B, S, 2): the ball in its last two frames, its step the serve's (within 0.5 px in
+    x and y) and its row the line's where its x is (within px). At a wall the line runs on past it but the ball stops
+    there for a frame, its last step short; past BALL_LAST_X the screen's edge cuts the ball and its centre lags: there
+    the frame before is read."""
+    o, v = serve_origin(serves), 2 * serves[..., 1:3]                          # (S, 2) each, or (B, 1, 2)
     if c.shape[1] > 2:
         edge = (c[:, -1, BX] <= BALL_LAST_X[0]) | (c[:, -1, BX] >= BALL_LAST_X[1])
         c = torch.where(edge[:, None, None], c[:, :-1], c[:, 1:])
     xy, step = c[:, -1, :BP], c[:, -1, :BP] - c[:, -2, :BP]                    # (B, 2) each
-    k = (xy[:, :1] - o[:, 0]) / v[:, 0]                                        # (B, S) frames since that serve
-    line = o[:, 1] + v[:, 1] * k                                               # (B, S) its row there
+    k = (xy[:, :1] - o[..., 0]) / v[..., 0]                                    # (B, S) frames since that serve
+    line = o[..., 1] + v[..., 1] * k                                           # (B, S) its row there
     lo, hi = BALL_Y_RANGE
     dy = torch.minimum((xy[:, 1:] - line).abs(), (xy[:, 1:] - line.clamp(lo, hi)).abs())
     dv = (step[:, None] - v).abs()                                             # (B, S, 2)
@@ -988,7 +989,7 @@ class WorldModel(nn.Module):
         serve = d.serve.clone()
         if gone.any():
             g_ = gone.to(serve.device)
-            straight = on_serve_line(d.c[g_], serve[g_])[0].diagonal().cpu()     # flown the serve's path to the exit
+            straight = on_serve_line(d.c[g_], serve[g_][:, None])[0][:, 0].cpu()   # flown its serve's path to the exit
             serve[g_] = self.next_serve(serve[g_].cpu(), x0.cpu()[gone], d.gen, straight).to(serve.device)
         wait = torch.where(gone.to(d.wait.device), serve[:, 3], torch.where(out & ~on, (d.wait - 1).clamp(min=1), d.wait))
         nxt = torch.cat([nxt[:, :BP], (on | hidden)[:, None].float(), nxt[:, BP + 1:]], 1)
