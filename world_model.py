@@ -910,7 +910,7 @@ class WorldModel(nn.Module):
         side = torch.sign(last_x - CENTRE[0])
         keep = torch.sign(serve[:, 1]) == side
         if s.shape[1] > 5 and straight is not None:
-            serve = self.serve_phase(serve, last_x, keep & straight)
+            serve = self.serve_phase(serve, last_x, keep & straight, s)
         drawn = serve.clone()
         for sgn in (-1.0, 1.0):
             rows = torch.nonzero(torch.sign(s[:, 1]) == sgn)[:, 0]
@@ -925,15 +925,15 @@ class WorldModel(nn.Module):
             nxt[:, 3] = torch.where(gap.isfinite(), gap, nxt[:, 3])
         return nxt
 
-    def serve_phase(self, serve: torch.Tensor, last_x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def serve_phase(serve: torch.Tensor, last_x: torch.Tensor, which: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The rally's serve (B, 7), CPU, repeated after a ball last seen at x = last_x (B,), at the frame phase that exit
-        tells, where `which` (B,): Pong shows a kind of serve at up to three places ~0.5 px apart along one line, and a
+        tells, where `which` (B,), from the training serves s (S, 7), CPU (next_serve's): Pong shows a kind of serve at up to three places ~0.5 px apart along one line, and a
         repeated point keeps its phase, so the exit does too (a default run's training serves to the right: those at x
         43.4 followed balls last seen at 80.9-81.2, those at 42.3 and 42.8 balls last seen at 81.9-83.0). A serve whose
         training points never followed an exit there becomes the one of its line, among those that did (their last x
         within 0.25 px of the nearest), that showed nearest it: a serve read off a rally's path near its exit is often a
         phase off (the ball's steps there differ from its serve's first by up to 0.05 px, ~0.5 px over a path)."""
-        s = self.predictor.serves.cpu()
         line = (torch.sign(s[None, :, 1]) == torch.sign(serve[:, None, 1])) & ((s[None, :, 2] - serve[:, None, 2]).abs() < 0.05)
         off = torch.where(line, (s[None, :, 5] - last_x[:, None]).abs(), math.inf)   # (B, S) how far their exits were
         fits = line & (off <= off.amin(1, keepdim=True) + 0.25) & (off < 0.5)
